@@ -1,0 +1,13 @@
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![warn(missing_docs)]
+#![doc = include_str!("../README.md")]
+
+// `fmt` must come first: its macros are used by every module below.
+#[macro_use]
+mod fmt;
+
+pub mod pdu;
+pub mod ports;
+pub mod pump;
+pub mod queue;
+pub mod time;

@@ -1,0 +1,1 @@
+//! Device A: the peristaltic pump controller (ESP32 + FluidNC).
