@@ -1,1 +1,5 @@
-//! placeholder
+//! Twinbench's host simulator: a virtual-time kernel that runs `firmware-core` tasks against
+//! simulated parts, scenarios as data, and the live twin's services.
+//!
+//! See `docs/architecture.md` for the data flow.
+pub mod kernel;
