@@ -2,4 +2,6 @@
 //! simulated parts, scenarios as data, and the live twin's services.
 //!
 //! See `docs/architecture.md` for the data flow.
+pub mod devices;
 pub mod kernel;
+pub mod scenario;

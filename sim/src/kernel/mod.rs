@@ -16,11 +16,12 @@
 //!   clients share one timeline.
 //! * **Tasks** run on a simulated core (firmware tasks) or on no core (the world: simulated
 //!   parts, the scenario timeline; they run instantly and cost nothing).
-//! * **Cores** run the ready task of highest priority (ties: first ready first). A poll is an
-//!   atomic slice: its effects happen when it starts, then the core stays busy for the slice's
-//!   cost, which is the task's fixed cost per poll plus whatever the code it called charged
-//!   ([`SimClock::charge`]). There is no preemption inside a slice; slices are microseconds,
-//!   so this is the granularity of the model.
+//! * **Cores** run the ready task of highest priority (ties: first ready first), preemptively.
+//!   A poll is a slice: its effects happen when it starts, then the core stays busy for the
+//!   slice's cost, which is the task's fixed cost per poll plus whatever the code it called
+//!   charged ([`SimClock::charge`]). A task of higher priority that becomes ready during a slice
+//!   suspends it and runs at once; the rest of the suspended slice runs afterwards, exactly as
+//!   an RTOS would finish the preempted work.
 //! * **Stats**: per task polls, run time, and wait time (ready but not running because its core
 //!   was busy); per core busy time in 10 ms buckets, for utilisation over any window.
 pub mod time;
@@ -184,7 +185,10 @@ impl Ord for ReadyEntry {
 
 struct CoreState {
     name: String,
-    free_at: Instant,
+    /// The slice running now: its task's priority and when it ends.
+    active: Option<(u8, Instant)>,
+    /// Slices preempted by higher-priority work: priority and time still to run.
+    suspended: Vec<(u8, Duration)>,
     ready: BinaryHeap<ReadyEntry>,
     busy: Duration,
     buckets: Vec<u32>,
@@ -194,6 +198,22 @@ struct TaskState {
     spec: TaskSpec,
     ready_since: Option<Instant>,
     stats: TaskStats,
+}
+
+impl CoreState {
+    /// Retire the active slice if it has ended, resuming suspended ones in turn.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            match self.active {
+                Some((_, end)) if end > now => return,
+                _ => self.active = None,
+            }
+            match self.suspended.pop() {
+                Some((priority, left)) => self.active = Some((priority, now + left)),
+                None => return,
+            }
+        }
+    }
 }
 
 /// Wakes from any thread land here; the kernel sorts them into run queues.
@@ -324,7 +344,8 @@ impl Kernel {
     pub fn add_core(&mut self, name: impl Into<String>) -> CoreId {
         self.cores.push(CoreState {
             name: name.into(),
-            free_at: Instant::ZERO,
+            active: None,
+            suspended: Vec::new(),
             ready: BinaryHeap::new(),
             busy: Duration::ZERO,
             buckets: Vec::new(),
@@ -460,13 +481,24 @@ impl Kernel {
         }
     }
 
-    /// Poll the best ready task of the first free core that has one. Returns whether it did.
+    /// On the first core that can run something now, poll its best ready task: when the core
+    /// is free, or when that task outranks the slice in progress (which is then suspended and
+    /// resumes afterwards). Returns whether it polled.
     fn run_one_core_slice(&mut self) -> bool {
         let now = self.now();
         for ci in 0..self.cores.len() {
             let core = &mut self.cores[ci];
-            if core.free_at > now {
+            core.settle(now);
+            let Some(best) = core.ready.peek().map(|e| e.priority) else {
                 continue;
+            };
+            match core.active {
+                None => {}
+                Some((running, end)) if best > running => {
+                    core.suspended.push((running, end - now));
+                    core.active = None;
+                }
+                Some(_) => continue,
             }
             if let Some(entry) = core.ready.pop() {
                 self.poll(entry.runnable, Some(CoreId(ci)));
@@ -509,19 +541,24 @@ impl Kernel {
             task.stats.max_wait = task.stats.max_wait.max(waited);
         }
         task.stats.run = task.stats.run + cost;
+        let priority = task.spec.priority;
         let c = &mut self.cores[core.0];
-        c.free_at = now + cost;
+        if cost > Duration::ZERO {
+            c.active = Some((priority, now + cost));
+        }
+        c.settle(now);
         c.busy = c.busy + cost;
         add_to_buckets(&mut c.buckets, now, cost);
     }
 
     fn next_instant(&self) -> Option<Instant> {
         let timer = self.shared.timers.borrow().keys().next().map(|k| k.0);
+        // A slice's end matters only to work waiting behind it.
         let core = self
             .cores
             .iter()
-            .filter(|c| !c.ready.is_empty())
-            .map(|c| c.free_at)
+            .filter(|c| !c.ready.is_empty() || !c.suspended.is_empty())
+            .filter_map(|c| c.active.map(|(_, end)| end))
             .min();
         match (timer, core) {
             (Some(a), Some(b)) => Some(a.min(b)),

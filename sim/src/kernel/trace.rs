@@ -50,20 +50,7 @@ pub struct Trace {
 impl Trace {
     /// Record an event.
     pub fn record(&mut self, at: Instant, source: &str, text: String) {
-        let mut h = self.hash.unwrap_or(FNV_OFFSET);
-        for part in [
-            &at.as_micros().to_le_bytes()[..],
-            source.as_bytes(),
-            b"\x1f",
-            text.as_bytes(),
-            b"\x1e",
-        ] {
-            for b in part {
-                h ^= u64::from(*b);
-                h = h.wrapping_mul(FNV_PRIME);
-            }
-        }
-        self.hash = Some(h);
+        self.mix(at, source.as_bytes(), text.as_bytes());
         tracing::debug!(target: "twin::trace", "{} {} {}", fmt_time(at), source, text);
         self.events.push(Event {
             at,
@@ -72,8 +59,26 @@ impl Trace {
         });
     }
 
-    /// Record one sample of a metric.
+    fn mix(&mut self, at: Instant, source: &[u8], text: &[u8]) {
+        let mut h = self.hash.unwrap_or(FNV_OFFSET);
+        for part in [
+            &at.as_micros().to_le_bytes()[..],
+            source,
+            b"\x1f",
+            text,
+            b"\x1e",
+        ] {
+            for b in part {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(FNV_PRIME);
+            }
+        }
+        self.hash = Some(h);
+    }
+
+    /// Record one sample of a metric. Samples count towards the hash too.
     pub fn sample(&mut self, at: Instant, name: &str, value: f64) {
+        self.mix(at, name.as_bytes(), &value.to_bits().to_le_bytes());
         match self.metrics.get_mut(name) {
             Some(series) => series.push((at, value)),
             None => {
@@ -87,7 +92,7 @@ impl Trace {
         &self.events
     }
 
-    /// FNV-1a hash of every event so far.
+    /// FNV-1a hash of every event and metric sample so far.
     pub fn hash(&self) -> u64 {
         self.hash.unwrap_or(FNV_OFFSET)
     }
