@@ -8,6 +8,7 @@ pub mod config;
 pub mod eeprom;
 pub mod frontend;
 pub mod hlw8032;
+pub mod meter;
 pub mod storage;
 
 use core::fmt;

@@ -537,7 +537,8 @@ impl<I2C: I2c, D: DelayNs> Storage<I2C, D> {
         match self.eeprom.read(slot.address(), &mut image).await {
             Ok(()) => decode(&image),
             Err(e) => {
-                warn!("storage: reading slot {:?} failed: {:?}", slot, e);
+                let failure = StorageFailure::from(SaveError::Eeprom(e));
+                warn!("storage: reading slot {:?} failed: {:?}", slot, failure);
                 Err(RecordError::Unreadable)
             }
         }
@@ -704,11 +705,9 @@ impl<I2C: I2c, D: DelayNs> Storage<I2C, D> {
         match result {
             Ok(saved) => StorageReply::Saved { token, saved },
             Err(e) => {
-                error!("storage: save failed: {:?}", e);
-                StorageReply::Failed {
-                    token,
-                    error: e.into(),
-                }
+                let error = StorageFailure::from(e);
+                error!("storage: save failed: {:?}", error);
+                StorageReply::Failed { token, error }
             }
         }
     }
