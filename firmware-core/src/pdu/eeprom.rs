@@ -7,7 +7,9 @@
 //!   every write into chunks that never cross a page boundary.
 //! * **Write cycle**: after the STOP of a page write the part is busy for up to 5 ms and does not
 //!   acknowledge its address. Instead of a fixed 5 ms wait (what ENERGIS does), the driver *ACK
-//!   polls*: it addresses the part with an empty write until it answers, waiting
+//!   polls*: it addresses the part with a one-byte read until it answers (the datasheet polls
+//!   with a write control byte, but address-only writes are not supported by every I²C
+//!   controller, the RP2040's among them, and a busy part ignores reads alike), waiting
 //!   [`Cat24c256::POLL_INTERVAL_US`] between attempts through `DelayNs`, and gives up after
 //!   [`Cat24c256::MAX_POLLS`] attempts with [`EepromError::WriteTimeout`]. The bound matters: a
 //!   part that never answers must not hang StorageTask.
@@ -183,8 +185,10 @@ impl<I2C: I2c, D: DelayNs> Cat24c256<I2C, D> {
     /// ACK polling: address the part until it acknowledges, bounded by [`Self::MAX_POLLS`].
     async fn wait_write_cycle(&mut self, page_address: u16) -> Result<(), EepromError<I2C::Error>> {
         for _ in 0..Self::MAX_POLLS {
-            // An empty write is START + control byte + STOP: exactly the datasheet's poll.
-            if self.i2c.write(self.address, &[]).await.is_ok() {
+            // A current-address read of one byte: harmless, as every read here sets its
+            // address first.
+            let mut probe = [0u8; 1];
+            if self.i2c.read(self.address, &mut probe).await.is_ok() {
                 return Ok(());
             }
             self.stats.busy_polls = self.stats.busy_polls.wrapping_add(1);
@@ -429,6 +433,28 @@ mod tests {
             Err(EepromError::OutOfRange { .. })
         ));
         block_on(e.write(0x7FFC, &[9; 4])).unwrap();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_in_range_write_reads_back_and_touches_nothing_else(
+            address in 0u16..0x8000, data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
+            let mut e = eeprom();
+            let fits = usize::from(address) + data.len() <= Eeprom::SIZE;
+            let result = block_on(e.write(address, &data));
+            proptest::prop_assert_eq!(result.is_ok(), fits);
+            let (mock, _) = e.release();
+            let start = usize::from(address);
+            for (i, b) in mock.mem.iter().enumerate() {
+                let expected = if fits && (start..start + data.len()).contains(&i) {
+                    data[i - start]
+                } else {
+                    0xFF
+                };
+                proptest::prop_assert_eq!(*b, expected, "byte 0x{:04X}", i);
+            }
+        }
     }
 
     #[test]

@@ -399,10 +399,15 @@ impl Measurement {
     /// Volts, amps, watts and power factor with `cal`.
     ///
     /// `V = VolPar / VolREG × Kv − v_offset`, `I = CurPar / CurREG × Ki − i_offset`,
-    /// `P = PowPar / PowREG × Kv × Ki`, `PF = P / (V × I)` clamped to 0..=1. A quantity is zero
-    /// when its period overflowed, its REG is zero, (current and power) its update bit is
-    /// clear, or it is implausible (V > 400, I > 100, P > 40 kW, as ENERGIS does); offsets never
-    /// drive a value below zero.
+    /// `P = PowPar / PowREG × Kv × Ki`, `PF = P / (V × I)` clamped to 0..=1.
+    ///
+    /// Like ENERGIS, voltage and current come from their registers whatever the overflow flags
+    /// say (an overflowed period is a huge REG and reads as nearly zero by itself; real no-load
+    /// frames carry `0xFA`, and zeroing the voltage on bit 3 would show 0 V on an idle outlet).
+    /// Power is zero when its period overflowed or the power update bit is clear (below ~5 W the
+    /// chip stops updating the power REG). A zero REG reads as zero, implausible values
+    /// (V > 400, I > 100, P > 40 kW) read as zero as on ENERGIS, and offsets never drive a value
+    /// below zero.
     pub fn reading(&self, cal: &ChannelCalibration) -> Reading {
         let ratio = |param: u32, reg: u32| -> f32 {
             if reg == 0 {
@@ -412,16 +417,10 @@ impl Measurement {
             }
         };
         let finite_or_zero = |x: f32| if x.is_finite() { x } else { 0.0 };
-        let mut v = if self.flags.voltage_overflow {
-            0.0
-        } else {
-            finite_or_zero(ratio(self.voltage_param, self.voltage_reg) * cal.kv - cal.v_offset)
-        };
-        let mut i = if self.flags.current_overflow || self.data_update & UPDATE_CURRENT == 0 {
-            0.0
-        } else {
-            finite_or_zero(ratio(self.current_param, self.current_reg) * cal.ki - cal.i_offset)
-        };
+        let mut v =
+            finite_or_zero(ratio(self.voltage_param, self.voltage_reg) * cal.kv - cal.v_offset);
+        let mut i =
+            finite_or_zero(ratio(self.current_param, self.current_reg) * cal.ki - cal.i_offset);
         let mut p = if self.flags.power_overflow || self.data_update & UPDATE_POWER == 0 {
             0.0
         } else {
@@ -602,6 +601,22 @@ mod tests {
         assert_close(r.voltage_v, 230.0);
         assert_eq!(r.power_w, 0.0);
         assert_eq!(r.power_factor, 0.0);
+        // 0xFA (voltage-overflow bit too), also seen at no load: the voltage still reads.
+        m.flags = StateFlags::from_state(0xFA);
+        let r = Measurement::parse_bytes(&m.to_bytes())
+            .unwrap()
+            .reading(&cal());
+        assert_close(r.voltage_v, 230.0);
+        assert_eq!(r.power_w, 0.0);
+    }
+
+    #[test]
+    fn power_below_the_update_threshold_reads_as_zero() {
+        let mut m = loaded();
+        m.data_update = 0x61; // power REG not updated
+        let r = m.reading(&cal());
+        assert_close(r.current_a, 2.0);
+        assert_eq!(r.power_w, 0.0);
     }
 
     #[test]

@@ -930,6 +930,75 @@ mod tests {
         );
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Poll,
+        Selected(bool),
+        Bytes(std::vec::Vec<u8>),
+        Frame(u8),
+        ReadError,
+        Timeout,
+        Outlets(u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Op::Poll),
+            any::<bool>().prop_map(Op::Selected),
+            proptest::collection::vec(any::<u8>(), 0..60).prop_map(Op::Bytes),
+            any::<u8>().prop_map(Op::Frame),
+            Just(Op::ReadError),
+            Just(Op::Timeout),
+            any::<u8>().prop_map(Op::Outlets),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the UART, mux and clock do, the core neither panics nor publishes
+        /// non-finite or negative values, and never asks to wait for the past.
+        #[test]
+        fn the_core_survives_any_sequence_of_events(
+            ops in proptest::collection::vec((op(), 0u64..400), 0..200),
+        ) {
+            let mut m = meter();
+            let mut now = Instant::ZERO;
+            let mut selected = ch(1);
+            for (op, advance_ms) in ops {
+                now += Duration::from_millis(advance_ms);
+                match op {
+                    Op::Poll => match m.poll(now) {
+                        MeterStep::Select(c) => selected = c,
+                        MeterStep::Sleep { until } => proptest::prop_assert!(until > now),
+                        MeterStep::Listen { channel, .. } => {
+                            proptest::prop_assert_eq!(channel, selected)
+                        }
+                    },
+                    Op::Selected(ok) => {
+                        let _ = m.handle_selected(selected, ok, now);
+                    }
+                    Op::Bytes(b) => {
+                        let _ = m.handle_bytes(selected, &b, now);
+                    }
+                    Op::Frame(x) => {
+                        let f = frame(f32::from(x) * 2.0, f32::from(x) / 10.0, f32::from(x) * 50.0);
+                        let _ = m.handle_bytes(selected, &f, now);
+                    }
+                    Op::ReadError => m.handle_read_error(selected, now),
+                    Op::Timeout => {
+                        let _ = m.handle_timeout(selected, now);
+                    }
+                    Op::Outlets(mask) => m.handle_outlets(OutletMask(mask), now),
+                }
+                for t in m.telemetry(now) {
+                    for x in [t.voltage_v, t.current_a, t.power_w, t.power_factor, t.energy_wh] {
+                        proptest::prop_assert!(x.is_finite() && x >= 0.0, "{:?}", t);
+                    }
+                }
+            }
+        }
+    }
+
     // ---- runner, against a virtual clock and a UART wired to the selected chip ----
 
     struct VirtualClock(Cell<Instant>);

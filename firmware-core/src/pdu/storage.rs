@@ -1114,11 +1114,12 @@ mod tests {
                 let mut s = blank_storage();
                 block_on(s.save(&older)).unwrap(); // slot A, seq 1
                 block_on(s.save(&old)).unwrap(); // slot B, seq 2: in force
+                let mut s = reboot(s);
+                assert_stored(&block_on(s.load()), Slot::B, 2);
                 let mut mock = mock_of(s);
                 mock.cut_after(n, mode);
                 let mut s = storage_on(mock);
-                s.current = Some((Slot::B, 2));
-                s.known = true;
+                block_on(s.load());
                 let outcome = block_on(s.save(&new));
 
                 let loaded = block_on(reboot(s).load());
