@@ -522,7 +522,7 @@ impl<I2C: I2c, D: DelayNs> Storage<I2C, D> {
         }
     }
 
-    /// The driver (for its stats) .
+    /// The driver (for its stats).
     pub fn eeprom(&self) -> &Cat24c256<I2C, D> {
         &self.eeprom
     }
