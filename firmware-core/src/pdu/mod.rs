@@ -5,6 +5,7 @@
 //! switch request/reply pair, and per-channel telemetry. Each task lives in its own submodule.
 
 pub mod config;
+pub mod console;
 pub mod frontend;
 pub mod http;
 

@@ -739,4 +739,4 @@ fn or_fallback(result: Result<usize, HttpError>, out: &mut [u8]) -> Result<usize
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -21,7 +21,7 @@ fn telemetry(v: f32, a: f32) -> ChannelTelemetry {
 }
 
 /// Outlets 1 and 3 on, 230 V everywhere, 0.5 A on the on outlets, OCP normal.
-fn snapshot() -> Snapshot {
+pub(crate) fn snapshot() -> Snapshot {
     let mut telemetry = [telemetry(230.0, 0.0); CHANNELS];
     telemetry[0] = self::telemetry(230.0, 0.5);
     telemetry[2] = self::telemetry(230.0, 0.5);
@@ -49,7 +49,7 @@ fn snapshot() -> Snapshot {
     }
 }
 
-fn locked_out() -> Snapshot {
+pub(crate) fn locked_out() -> Snapshot {
     let mut s = snapshot();
     s.ocp.state = OcpState::Lockout;
     s.ocp.trip_count = 1;
@@ -150,7 +150,7 @@ fn finish(p: &Pending, replies: &[SwitchReply], snap: &Snapshot) -> Reply {
     parse_reply(&out[..n])
 }
 
-fn ok_reply(state: u8) -> SwitchReply {
+pub(crate) fn ok_reply(state: u8) -> SwitchReply {
     SwitchReply {
         status: SwitchStatus::Ok,
         state_bitmap: OutletMask(state),
