@@ -224,7 +224,9 @@ enum Then {
 
 impl Followup {
     /// Writes the reply into `out`. `replies` are SwitchTask's answers to the `Intent::Switch`
-    /// entries, in order; fewer replies than switch intents is answered 503.
+    /// entries, in order; fewer replies than switch intents is answered 503. `snap` is the
+    /// snapshot taken after the intents ran (today's replies do not show it; it keeps "apply,
+    /// then render from the new state" the one call order for every endpoint).
     pub fn finish(
         &self,
         replies: &[SwitchReply],

@@ -767,6 +767,25 @@ proptest! {
     }
 
     #[test]
+    fn every_prefix_of_a_valid_request_needs_more_bytes(which in 0usize..4, body in "(channel[1-8]=on&|label[1-8]=[a-z+]{0,8}&){1,6}") {
+        let req = match which {
+            0 => post("/api/control", GOOD_AUTH, &body),
+            1 => post("/api/settings", GOOD_AUTH, "location=Lab&temp_unit=K"),
+            2 => heapless::String::try_from("GET /api/status HTTP/1.1\r\nHost: pdu\r\n\r\n").unwrap(),
+            _ => heapless::String::try_from("GET /metrics HTTP/1.1\r\nAccept: */*\r\n\r\n").unwrap(),
+        };
+        let bytes = req.as_bytes();
+        let mut server = HttpServer::default();
+        let mut out = [0u8; RECOMMENDED_RESPONSE_LEN];
+        for cut in 0..bytes.len() {
+            prop_assert_eq!(server.handle(&bytes[..cut], &snapshot(), &mut out), Ok(Outcome::NeedMore), "cut {}", cut);
+        }
+        let whole = server.handle(bytes, &snapshot(), &mut out);
+        prop_assert!(matches!(whole, Ok(Outcome::Reply(_)) | Ok(Outcome::Apply(_))), "{:?}", whole);
+        prop_assert_eq!(server.requests_total(), 1);
+    }
+
+    #[test]
     fn control_never_switches_on_during_lockout(body in "(channel[1-8]=(on|off)&){0,8}") {
         let req = post("/api/control", "", &body);
         let mut s = locked_out();
