@@ -5,9 +5,11 @@
 //! switch request/reply pair, and per-channel telemetry. Each task lives in its own submodule.
 
 pub mod config;
+pub mod console;
 pub mod eeprom;
 pub mod frontend;
 pub mod hlw8032;
+pub mod http;
 pub mod meter;
 pub mod storage;
 
