@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod frontend;
+pub mod snmp;
 
 use core::fmt;
 
