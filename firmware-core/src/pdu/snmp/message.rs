@@ -338,7 +338,7 @@ pub fn emit_response(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `snmpget -v1 -c public HOST 1.3.6.1.2.1.1.1.0` as net-snmp puts it on the wire
