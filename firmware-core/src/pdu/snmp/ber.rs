@@ -409,7 +409,7 @@ impl fmt::Display for Oid {
 #[cfg(feature = "defmt")]
 impl defmt::Format for Oid {
     fn format(&self, f: defmt::Formatter<'_>) {
-        defmt::write!(f, "{=[u32]}", self.arcs())
+        defmt::write!(f, "{=[?]}", self.arcs())
     }
 }
 
