@@ -1576,6 +1576,30 @@ mod tests {
         }
 
         #[test]
+        fn replies_never_exceed_the_response_buffer(
+            which in 0usize..4,
+            size in 0usize..400,
+        ) {
+            let names: Vec<_> = (1..=7).map(sys).collect();
+            let request = match which {
+                0 => get(V1, b"public", &names),
+                1 => get(V2C, b"public", &names),
+                2 => get_next(V1, &names),
+                _ => bulk(1, 1_000, &[sys(0), vec![1, 3, 6, 1]]),
+            };
+            let mut b = bench();
+            b.out = vec![0; size];
+            match b.handle(&request) {
+                Outcome::Reply(n) => {
+                    prop_assert!(n <= size);
+                    decode(&b.out[..n]);
+                }
+                Outcome::Drop(reason) => prop_assert_eq!(reason, DropReason::TooBig),
+                Outcome::NeedsSwitch(_) => prop_assert!(false, "no SET here"),
+            }
+        }
+
+        #[test]
         fn get_next_always_moves_strictly_forward(
             tail in proptest::collection::vec(0u32..20, 0..8),
         ) {
