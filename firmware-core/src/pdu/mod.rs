@@ -11,6 +11,7 @@ pub mod frontend;
 pub mod hlw8032;
 pub mod http;
 pub mod meter;
+pub mod snmp;
 pub mod storage;
 
 use core::fmt;
