@@ -1,1 +1,146 @@
-fn main() {}
+//! `cargo xtask ci`: every check a newcomer or CI runs, on a fresh machine.
+//!
+//! It installs what it needs itself (rustup targets and components), then runs formatting,
+//! clippy, every test (which include each scenario file), the scenario suite through the `twin`
+//! CLI with JSON and JUnit reports, and the firmware-core cross builds. Steps stop at the first
+//! failure and the exit code says so.
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+/// Targets firmware-core must build for: RP2040, ESP32-C3, ESP32-C6.
+const TARGETS: &[&str] = &[
+    "thumbv6m-none-eabi",
+    "riscv32imc-unknown-none-elf",
+    "riscv32imac-unknown-none-elf",
+];
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        _ => {
+            eprintln!("usage: cargo xtask ci");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn ci() -> Result<()> {
+    let started = Instant::now();
+    ensure_toolchain()?;
+    step("format", "cargo", &["fmt", "--all", "--", "--check"])?;
+    step(
+        "clippy",
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step("tests", "cargo", &["test", "--workspace"])?;
+    let reports = target_dir().join("ci");
+    std::fs::create_dir_all(&reports).context("creating the report folder")?;
+    let json = reports.join("scenarios.json");
+    let junit = reports.join("scenarios.xml");
+    step(
+        "scenario suite",
+        "cargo",
+        &[
+            "run",
+            "--quiet",
+            "-p",
+            "sim",
+            "--",
+            "scenario",
+            "scenarios",
+            "--json",
+            path_str(&json)?,
+            "--junit",
+            path_str(&junit)?,
+        ],
+    )?;
+    for target in TARGETS {
+        step(
+            &format!("firmware-core for {target}"),
+            "cargo",
+            &["build", "-p", "firmware-core", "--target", target],
+        )?;
+    }
+    println!(
+        "xtask ci: all checks passed in {:.0} s (reports in {})",
+        started.elapsed().as_secs_f64(),
+        reports.display()
+    );
+    Ok(())
+}
+
+/// Add the rustup targets and components the checks need, if missing.
+fn ensure_toolchain() -> Result<()> {
+    let installed = output("rustup", &["target", "list", "--installed"])?;
+    let missing: Vec<&str> = TARGETS
+        .iter()
+        .copied()
+        .filter(|t| !installed.lines().any(|l| l.trim() == *t))
+        .collect();
+    if !missing.is_empty() {
+        let mut args = vec!["target", "add"];
+        args.extend(&missing);
+        step("rustup targets", "rustup", &args)?;
+    }
+    let components = output("rustup", &["component", "list", "--installed"])?;
+    for c in ["rustfmt", "clippy"] {
+        if !components.lines().any(|l| l.starts_with(c)) {
+            step(
+                &format!("rustup component {c}"),
+                "rustup",
+                &["component", "add", c],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn step(name: &str, program: &str, args: &[&str]) -> Result<()> {
+    println!("==> {name}: {program} {}", args.join(" "));
+    let t = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    println!("<== {name}: {:.1} s", t.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("step `{name}` failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("starting {program}"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::PathBuf::from("target"))
+}
+
+fn path_str(p: &std::path::Path) -> Result<&str> {
+    p.to_str().context("report path is not UTF-8")
+}
