@@ -4,6 +4,7 @@
 //! priority; every network task reads it and throttles itself. This module holds the vocabulary
 //! the pump tasks share; each task lives in its own submodule.
 
+pub mod estop;
 pub mod fluidnc;
 pub mod governor;
 
