@@ -555,7 +555,7 @@ pub enum MotionCommand {
 }
 
 /// A snapshot for the status publisher and the UI.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct MotionSnapshot {
     /// Per pump: position, moving, total dispensed.
     pub pumps: [PumpStatus; PUMPS],

@@ -8,6 +8,7 @@ pub mod dispense;
 pub mod estop;
 pub mod fluidnc;
 pub mod governor;
+pub mod link;
 
 use core::fmt;
 
