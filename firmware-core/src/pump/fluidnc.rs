@@ -483,7 +483,7 @@ pub enum ClientEvent {
     /// `ALARM:N` arrived.
     Alarm(u16),
     /// A status report arrived. Its `position` is already converted to machine coordinates when
-    /// the offset is known (see [`Client::machine_position`]).
+    /// the offset is known (see [`StatusReport::machine_position`]).
     Status(StatusReport),
     /// The start-up banner arrived: the controller was reset (by us or by itself). Lines not yet
     /// answered were lost.
@@ -1119,6 +1119,13 @@ mod tests {
             s in "<[A-Za-z:0-9]{0,8}(\\|[A-Za-z]{0,4}:[-0-9.,a-z]{0,30}){0,4}>?"
         ) {
             let _ = StatusReport::parse(&s);
+        }
+
+        #[test]
+        fn status_parser_rejects_arbitrary_text_without_panicking(s in any::<std::string::String>()) {
+            let framed = std::format!("<{s}>");
+            prop_assert!(StatusReport::parse(&s).is_err() || s.starts_with('<'));
+            let _ = StatusReport::parse(&framed);
         }
 
         #[test]
