@@ -1883,15 +1883,17 @@ mod tests {
         impl Read for Rx<'_> {
             async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Infallible> {
                 loop {
-                    let mut q = self.0.borrow_mut();
-                    if !q.is_empty() {
+                    let n = {
+                        let mut q = self.0.borrow_mut();
                         let n = buf.len().min(q.len());
                         for b in buf.iter_mut().take(n) {
                             *b = q.pop_front().unwrap();
                         }
+                        n
+                    };
+                    if n > 0 {
                         return Ok(n);
                     }
-                    drop(q);
                     // Nothing yet: stay pending (the test polls again after adding bytes).
                     yield_now().await;
                 }
