@@ -3,6 +3,9 @@
 //! Commands ([`MotionCommand`]) travel from the WiFi MCU to the pump MCU; events
 //! ([`PumpEvent`]) and snapshots ([`MotionSnapshot`]) travel back, as [`PumpToHost`]. Each
 //! message is one frame payload, encoded with `postcard` ([`encode`], [`decode`]).
+//! [`LinkEndpoint`] is the sans-IO protocol; [`LinkTask`] runs one over a UART between a
+//! [`LinkSource`] and a [`LinkSink`] (on the pump MCU: [`PumpSource`] and the motion task's
+//! command queue; on the WiFi MCU: a command queue and a `PumpToHost` queue).
 //!
 //! # Frames
 //! ```text
@@ -50,11 +53,20 @@
 //! [`LinkEvent::PeerRestarted`].
 use core::fmt;
 
+use embassy_futures::select::{Either, Either3, select, select3};
+use embassy_sync::blocking_mutex::raw::RawMutex;
+use embassy_sync::signal::Signal;
+use embassy_sync::watch::Receiver;
+use embedded_io_async::{Read, Write};
 use heapless::{Deque, Vec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::dispense::{MotionSnapshot, PumpEvent};
+use super::dispense::{
+    EVENT_QUEUE as EVENT_QUEUE_LEN, MotionChannels, MotionSnapshot, PumpEvent, SNAPSHOT_RECEIVERS,
+};
+use crate::ports::Clock;
+use crate::queue::Queue;
 use crate::time::{Duration, Instant};
 
 pub use super::dispense::MotionCommand;
@@ -690,6 +702,202 @@ impl LinkEndpoint {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The runner
+
+/// Where a [`LinkTask`] gets the messages it sends.
+pub trait LinkSource {
+    /// The message type.
+    type Item: Serialize;
+    /// Wait for the next message. MUST be cancel-safe: the task drops this future when another
+    /// input wins, and no message may be lost then.
+    fn next(&mut self) -> impl core::future::Future<Output = Self::Item>;
+}
+
+/// Where a [`LinkTask`] puts the messages it receives.
+pub trait LinkSink {
+    /// Whether [`put`](Self::put) would accept a message now. While it says no, received
+    /// payloads stay in the endpoint, and once its queue is full the peer's frames are not
+    /// acknowledged, so the peer retries later (flow control, nothing lost).
+    fn has_room(&self) -> bool;
+    /// Decode `payload` and deliver it.
+    fn put(&mut self, payload: &[u8]) -> Result<(), LinkError>;
+}
+
+/// A [`LinkSource`] reading a [`Queue`].
+pub struct QueueSource<'a, M: RawMutex, T, const N: usize>(pub &'a Queue<M, T, N>);
+
+impl<M: RawMutex, T: Serialize, const N: usize> LinkSource for QueueSource<'_, M, T, N> {
+    type Item = T;
+    async fn next(&mut self) -> T {
+        self.0.receive().await
+    }
+}
+
+/// A [`LinkSink`] decoding payloads as `T` into a [`Queue`].
+pub struct QueueSink<'a, M: RawMutex, T, const N: usize>(pub &'a Queue<M, T, N>);
+
+impl<M: RawMutex, T: DeserializeOwned, const N: usize> LinkSink for QueueSink<'_, M, T, N> {
+    fn has_room(&self) -> bool {
+        self.0.len() < self.0.capacity()
+    }
+    fn put(&mut self, payload: &[u8]) -> Result<(), LinkError> {
+        let msg = decode(payload)?;
+        // has_room was checked and this task is the queue's only sender.
+        let _ = self.0.offer(msg);
+        Ok(())
+    }
+}
+
+/// The pump MCU's [`LinkSource`]: motion events first, then snapshots when they change.
+pub struct PumpSource<'a, M: RawMutex> {
+    events: &'a Queue<M, PumpEvent, EVENT_QUEUE_LEN>,
+    snapshot: Receiver<'a, M, MotionSnapshot, SNAPSHOT_RECEIVERS>,
+}
+
+impl<'a, M: RawMutex> PumpSource<'a, M> {
+    /// A source over the motion task's channels, or `None` when no snapshot receiver is free.
+    pub fn new(channels: &'a MotionChannels<M>) -> Option<Self> {
+        Some(PumpSource {
+            events: &channels.events,
+            snapshot: channels.snapshot.receiver()?,
+        })
+    }
+}
+
+impl<M: RawMutex> LinkSource for PumpSource<'_, M> {
+    type Item = PumpToHost;
+    async fn next(&mut self) -> PumpToHost {
+        match select(self.events.receive(), self.snapshot.changed()).await {
+            Either::First(ev) => PumpToHost::Event(ev),
+            Either::Second(snap) => PumpToHost::Snapshot(snap),
+        }
+    }
+}
+
+/// Runs a [`LinkEndpoint`] over a UART (`rx`, `tx` halves): messages from `source` are encoded
+/// and sent, received payloads go to `sink`, link events to `state`.
+///
+/// On the pump MCU: `PumpSource` → link → `QueueSink<MotionCommand>` into
+/// [`MotionChannels::commands`]. On the WiFi MCU: `QueueSource<MotionCommand>` → link →
+/// `QueueSink<PumpToHost>`. `rx.read` MUST be cancel-safe (see
+/// [`MotionTask`](super::dispense::MotionTask)).
+pub struct LinkTask<'a, M: RawMutex, R, T, C, S, K> {
+    endpoint: LinkEndpoint,
+    rx: R,
+    tx: T,
+    clock: C,
+    source: S,
+    sink: K,
+    state: &'a Signal<M, LinkEvent>,
+    /// Messages that did not encode or decode (counted, never silent).
+    bad_messages: u32,
+}
+
+impl<'a, M, R, T, C, S, K> LinkTask<'a, M, R, T, C, S, K>
+where
+    M: RawMutex,
+    R: Read,
+    T: Write,
+    C: Clock,
+    S: LinkSource,
+    K: LinkSink,
+{
+    /// A task around `endpoint`.
+    pub fn new(
+        endpoint: LinkEndpoint,
+        rx: R,
+        tx: T,
+        clock: C,
+        source: S,
+        sink: K,
+        state: &'a Signal<M, LinkEvent>,
+    ) -> Self {
+        LinkTask {
+            endpoint,
+            rx,
+            tx,
+            clock,
+            source,
+            sink,
+            state,
+            bad_messages: 0,
+        }
+    }
+
+    /// The endpoint (stats).
+    pub fn endpoint(&self) -> &LinkEndpoint {
+        &self.endpoint
+    }
+
+    /// Messages dropped because they did not encode or decode.
+    pub fn bad_messages(&self) -> u32 {
+        self.bad_messages
+    }
+
+    /// Run forever.
+    pub async fn run(&mut self) -> ! {
+        let mut buf = [0u8; 64];
+        loop {
+            while self.sink.has_room() {
+                let Some(p) = self.endpoint.poll_received() else {
+                    break;
+                };
+                if self.sink.put(&p).is_err() {
+                    warn!("link: payload did not decode");
+                    self.bad_messages = self.bad_messages.wrapping_add(1);
+                }
+            }
+            while let Some(ev) = self.endpoint.poll_event() {
+                self.state.signal(ev);
+            }
+            let mut wrote = false;
+            while let Some(w) = self.endpoint.poll_transmit() {
+                if self.tx.write_all(&w).await.is_err() {
+                    warn!("link: uart write failed");
+                }
+                wrote = true;
+            }
+            if wrote && self.tx.flush().await.is_err() {
+                warn!("link: uart flush failed");
+            }
+            let deadline = self.endpoint.poll_timeout().unwrap_or(Instant::MAX);
+            let can_send = self.endpoint.can_send();
+            let source = &mut self.source;
+            let next = async move {
+                if can_send {
+                    source.next().await
+                } else {
+                    core::future::pending().await
+                }
+            };
+            let input = select3(
+                self.rx.read(&mut buf),
+                next,
+                self.clock.sleep_until(deadline),
+            )
+            .await;
+            let now = self.clock.now();
+            match input {
+                Either3::First(Ok(n)) if n > 0 => {
+                    self.endpoint.handle_bytes(buf.get(..n).unwrap_or(&[]), now)
+                }
+                Either3::First(_) => {
+                    warn!("link: uart read failed");
+                    self.clock.sleep(Duration::from_millis(1)).await;
+                }
+                Either3::Second(msg) => {
+                    if self.endpoint.send_message(&msg, now).is_err() {
+                        warn!("link: message did not encode");
+                        self.bad_messages = self.bad_messages.wrapping_add(1);
+                    }
+                }
+                Either3::Third(()) => self.endpoint.handle_timeout(now),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -908,6 +1116,135 @@ mod tests {
                 w.truncate(i % w.len());
                 w
             }
+        }
+    }
+
+    mod runner {
+        use super::*;
+        use crate::pump::dispense::AlarmKind;
+        use crate::pump::estop::EstopTrigger;
+        use crate::queue::FullPolicy;
+        use core::cell::{Cell, RefCell};
+        use core::convert::Infallible;
+        use embassy_futures::poll_once;
+        use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+        use std::collections::VecDeque;
+
+        type Pipe = RefCell<VecDeque<u8>>;
+        struct Rx<'a>(&'a Pipe);
+        struct Tx<'a>(&'a Pipe);
+        #[derive(Clone, Copy)]
+        struct TestClock<'a>(&'a Cell<u64>);
+
+        fn yield_now() -> impl core::future::Future<Output = ()> {
+            let mut yielded = false;
+            core::future::poll_fn(move |_| {
+                if core::mem::replace(&mut yielded, true) {
+                    core::task::Poll::Ready(())
+                } else {
+                    core::task::Poll::Pending
+                }
+            })
+        }
+
+        impl embedded_io_async::ErrorType for Rx<'_> {
+            type Error = Infallible;
+        }
+        impl embedded_io_async::ErrorType for Tx<'_> {
+            type Error = Infallible;
+        }
+        impl Read for Rx<'_> {
+            async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Infallible> {
+                loop {
+                    let n = {
+                        let mut q = self.0.borrow_mut();
+                        let n = buf.len().min(q.len());
+                        for b in buf.iter_mut().take(n) {
+                            *b = q.pop_front().unwrap();
+                        }
+                        n
+                    };
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                    yield_now().await;
+                }
+            }
+        }
+        impl Write for Tx<'_> {
+            async fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
+                self.0.borrow_mut().extend(buf.iter().copied());
+                Ok(buf.len())
+            }
+            async fn flush(&mut self) -> Result<(), Infallible> {
+                Ok(())
+            }
+        }
+        impl Clock for TestClock<'_> {
+            fn now(&self) -> Instant {
+                Instant::from_micros(self.0.get())
+            }
+            async fn sleep_until(&self, deadline: Instant) {
+                while self.now() < deadline {
+                    yield_now().await;
+                }
+            }
+        }
+
+        #[test]
+        fn commands_reach_the_pump_and_events_reach_the_wifi_mcu() {
+            let cfg = LinkConfig::default();
+            let (to_pump, to_host) = (Pipe::default(), Pipe::default());
+            let now = Cell::new(0);
+            let pump_ch = MotionChannels::<NoopRawMutex>::new();
+            let host_cmds: Queue<NoopRawMutex, MotionCommand, 4> =
+                Queue::new(FullPolicy::RejectNew);
+            let host_in: Queue<NoopRawMutex, PumpToHost, 8> = Queue::new(FullPolicy::RejectNew);
+            let sig_p: Signal<NoopRawMutex, LinkEvent> = Signal::new();
+            let sig_h: Signal<NoopRawMutex, LinkEvent> = Signal::new();
+            let mut pump = LinkTask::new(
+                LinkEndpoint::new(cfg, 1),
+                Rx(&to_pump),
+                Tx(&to_host),
+                TestClock(&now),
+                PumpSource::new(&pump_ch).unwrap(),
+                QueueSink(&pump_ch.commands),
+                &sig_p,
+            );
+            let mut host = LinkTask::new(
+                LinkEndpoint::new(cfg, 2),
+                Rx(&to_host),
+                Tx(&to_pump),
+                TestClock(&now),
+                QueueSource(&host_cmds),
+                QueueSink(&host_in),
+                &sig_h,
+            );
+            let (pump_run, host_run) = (pump.run(), host.run());
+            let mut pump_run = core::pin::pin!(pump_run);
+            let mut host_run = core::pin::pin!(host_run);
+            assert!(
+                host_cmds
+                    .offer(MotionCommand::EmergencyStop(EstopTrigger::Remote))
+                    .is_queued()
+            );
+            let alarm = PumpEvent::Alarm(AlarmKind::DispenseTimeout);
+            assert!(pump_ch.events.offer(alarm.clone()).is_queued());
+            pump_ch.snapshot.sender().send(MotionSnapshot::default());
+            for _ in 0..20 {
+                assert!(poll_once(host_run.as_mut()).is_pending());
+                assert!(poll_once(pump_run.as_mut()).is_pending());
+            }
+            assert_eq!(
+                pump_ch.commands.try_receive(),
+                Some(MotionCommand::EmergencyStop(EstopTrigger::Remote))
+            );
+            assert_eq!(host_in.try_receive(), Some(PumpToHost::Event(alarm)));
+            assert_eq!(
+                host_in.try_receive(),
+                Some(PumpToHost::Snapshot(MotionSnapshot::default()))
+            );
+            assert_eq!(host_in.try_receive(), None);
         }
     }
 
