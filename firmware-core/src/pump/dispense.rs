@@ -711,7 +711,7 @@ impl<'g, M: RawMutex, const W: usize> PumpMotion<'g, M, W> {
                 position_mm: pos[i],
                 active: self.active.as_ref().is_some_and(|a| a.used[i])
                     && self.machine.is_some_and(|m| m.is_moving()),
-                dispensed_ml: self.totals[i],
+                dispensed_ml: self.totals[i] + self.active.as_ref().map_or(0.0, |a| a.dispensed[i]),
             }),
             machine: self.machine,
             led: self.led,

@@ -991,6 +991,17 @@ mod tests {
     }
 
     #[test]
+    fn crlf_from_the_controller_gives_one_response_per_line() {
+        let mut c = Client::default();
+        let a = c.send_line("G90").unwrap();
+        let b = c.send_line("G91").unwrap();
+        let _ = drain(&mut c);
+        c.handle_bytes(b"ok\r\nok\r\n", T0);
+        assert_eq!(events(&mut c), [ClientEvent::Ok(a), ClientEvent::Ok(b)]);
+        assert_eq!(c.stats().unexpected_responses, 0);
+    }
+
+    #[test]
     fn lines_go_out_with_lf_only() {
         let mut c = Client::default();
         c.send_line("G91 G1 X10 F100").unwrap();
