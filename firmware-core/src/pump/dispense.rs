@@ -1861,6 +1861,182 @@ mod tests {
         assert!(!m.is_busy());
     }
 
+    /// A small stand-in for FluidNC, enough to check motion outcomes: a move queue that a feed
+    /// hold suspends (`Hold:0`), `~` resumes, and a soft reset flushes.
+    struct FakeFluidnc {
+        pos: [f32; 4],
+        remaining: [f32; 4],
+        feed_mm_min: f32,
+        state: &'static str,
+        line: std::vec::Vec<u8>,
+        out: std::string::String,
+    }
+
+    impl FakeFluidnc {
+        fn new() -> Self {
+            FakeFluidnc {
+                pos: [0.0; 4],
+                remaining: [0.0; 4],
+                feed_mm_min: 0.0,
+                state: "Idle",
+                line: std::vec::Vec::new(),
+                out: std::string::String::new(),
+            }
+        }
+        fn input(&mut self, bytes: &[u8]) {
+            for &b in bytes {
+                match b {
+                    b'?' => {
+                        let p = self.pos;
+                        self.out += &std::format!(
+                            "<{}|MPos:{:.3},{:.3},{:.3},{:.3}|FS:0,0>\n",
+                            self.state,
+                            p[0],
+                            p[1],
+                            p[2],
+                            p[3]
+                        );
+                    }
+                    b'!' if self.state == "Run" || self.state == "Idle" => self.state = "Hold:0",
+                    b'~' if self.state == "Hold:0" => {
+                        self.state = if self.remaining.iter().any(|&r| r > 0.0) {
+                            "Run"
+                        } else {
+                            "Idle"
+                        }
+                    }
+                    0x18 => {
+                        self.remaining = [0.0; 4];
+                        self.state = "Idle";
+                        self.line.clear();
+                        self.out += "\nGrbl 3.9 [FluidNC v3.9.9 (noradio) '$' for help]\n";
+                    }
+                    b'\n' => {
+                        let line = std::string::String::from_utf8(core::mem::take(&mut self.line))
+                            .unwrap();
+                        for word in line.split(' ') {
+                            let (letter, value) = word.split_at(1);
+                            let v: f32 = value.parse().unwrap_or(0.0);
+                            match letter {
+                                "X" => self.remaining[0] += v,
+                                "Y" => self.remaining[1] += v,
+                                "Z" => self.remaining[2] += v,
+                                "A" => self.remaining[3] += v,
+                                "F" => self.feed_mm_min = v,
+                                _ => {}
+                            }
+                        }
+                        if self.state == "Idle" && self.remaining.iter().any(|&r| r > 0.0) {
+                            self.state = "Run";
+                        }
+                        self.out += "ok\n";
+                    }
+                    _ => self.line.push(b),
+                }
+            }
+        }
+        fn advance(&mut self, dt: Duration) {
+            if self.state != "Run" {
+                return;
+            }
+            let len = sqrt(self.remaining.iter().map(|r| r * r).sum());
+            let step = self.feed_mm_min * dt.as_micros() as f32 / 60_000_000.0;
+            if step >= len {
+                for i in 0..4 {
+                    self.pos[i] += self.remaining[i];
+                }
+                self.remaining = [0.0; 4];
+                self.state = "Idle";
+            } else {
+                for i in 0..4 {
+                    let d = self.remaining[i] * step / len;
+                    self.pos[i] += d;
+                    self.remaining[i] -= d;
+                }
+            }
+        }
+    }
+
+    /// Run core and fake together until `until`, in steps of at most 10 ms.
+    fn run_with(m: &mut Motion<'_>, fake: &mut FakeFluidnc, now: &mut Instant, until: Instant) {
+        loop {
+            while let Some(t) = m.poll_transmit() {
+                fake.input(t.bytes());
+            }
+            if !fake.out.is_empty() {
+                let out = core::mem::take(&mut fake.out);
+                m.handle_bytes(out.as_bytes(), *now);
+                continue;
+            }
+            if *now >= until {
+                return;
+            }
+            let next = m
+                .poll_timeout()
+                .unwrap_or(until)
+                .min(until)
+                .min(*now + Duration::from_millis(10))
+                .max(*now);
+            fake.advance(next - *now);
+            *now = next;
+            m.handle_timeout(*now);
+        }
+    }
+
+    #[test]
+    fn a_dose_against_the_fake_controller_completes_with_its_volume() {
+        let gov = Gov::new();
+        let mut m = Motion::new(&gov, MotionConfig::default());
+        let mut fake = FakeFluidnc::new();
+        let mut now = Instant::ZERO;
+        m.dispense(&[dose(Pump::X, 1.0, 6.0), dose(Pump::A, 0.5, 6.0)], now)
+            .unwrap();
+        run_with(&mut m, &mut fake, &mut now, ms(12_000));
+        assert!(!m.is_busy());
+        let done = events(&mut m)
+            .into_iter()
+            .find_map(|e| match e {
+                PumpEvent::DispenseComplete { dispensed_ml, .. } => Some(dispensed_ml),
+                _ => None,
+            })
+            .expect("complete");
+        assert!(
+            (done[0] - 1.0).abs() < 1e-3 && (done[3] - 0.5).abs() < 1e-3,
+            "{done:?}"
+        );
+    }
+
+    #[test]
+    fn after_an_estop_no_motion_remains_even_if_the_controller_is_told_to_resume() {
+        let gov = Gov::new();
+        let mut m = Motion::new(&gov, MotionConfig::default());
+        let mut fake = FakeFluidnc::new();
+        let mut now = Instant::ZERO;
+        m.dispense(&[dose(Pump::X, 1.0, 6.0)], now).unwrap();
+        run_with(&mut m, &mut fake, &mut now, ms(4_000));
+        assert_eq!(fake.state, "Run");
+        m.estop(EstopTrigger::Button, now);
+        run_with(&mut m, &mut fake, &mut now, ms(5_000));
+        assert!(!m.is_busy(), "stop sequence finished");
+        let stopped_at = fake.pos[0];
+        assert!(stopped_at > 7.0 && stopped_at < 9.0, "{stopped_at}");
+        m.resume(now).unwrap();
+        let resumed = events(&mut m)
+            .into_iter()
+            .find_map(|e| match e {
+                PumpEvent::Resumed { dispensed_ml } => Some(dispensed_ml),
+                _ => None,
+            })
+            .expect("resumed");
+        assert!((resumed[0] - stopped_at * 0.05).abs() < 1e-3, "{resumed:?}");
+        // Even a cycle start on the controller finds nothing left to run.
+        fake.input(b"~");
+        run_with(&mut m, &mut fake, &mut now, ms(30_000));
+        assert_eq!(fake.pos[0], stopped_at);
+        assert_eq!(fake.state, "Idle");
+        assert_eq!(gov.get(), Priority::Idle);
+    }
+
     mod runner {
         use super::*;
         use core::cell::{Cell, RefCell};
