@@ -4,7 +4,11 @@
 //! priority; every network task reads it and throttles itself. This module holds the vocabulary
 //! the pump tasks share; each task lives in its own submodule.
 
+pub mod dispense;
+pub mod estop;
+pub mod fluidnc;
 pub mod governor;
+pub mod link;
 
 use core::fmt;
 
@@ -76,6 +80,7 @@ impl fmt::Display for Pump {
 /// A dose: `volume_ml` at `flow_ml_min` through `pump`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct DispenseRequest {
     /// Which pump.
     pub pump: Pump,
@@ -88,6 +93,7 @@ pub struct DispenseRequest {
 /// What the status publisher and the UI show per pump.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct PumpStatus {
     /// Machine position of the axis, mm.
     pub position_mm: f32,
