@@ -3,3 +3,4 @@
 //!
 //! See `docs/architecture.md` for the data flow.
 pub mod kernel;
+pub mod periph;
