@@ -17,9 +17,9 @@
 //! (DMA) receiver: [`Read::read`] waits until at least one byte has arrived, then returns when
 //! the burst it belongs to has fully arrived, `buf` is full, or the FIFO is full, whichever comes
 //! first: one timer per read. A burst is a run of bytes with less than one idle character between
-//! them (the gap a UART's IDLE flag needs). While a reader waits it never loses bytes; when nobody
-//! reads, bytes that find the FIFO (`rx_buffer` bytes) full are dropped, newest first, and counted
-//! as overrun.
+//! them (the gap a UART's IDLE flag needs). A waiting reader is handed the FIFO as soon as it
+//! fills, so it loses bytes only if its task runs late (a busy core); when nobody reads, bytes
+//! that find the FIFO (`rx_buffer` bytes) full are dropped, newest first, and counted as overrun.
 //!
 //! One deliberate difference from the `embedded-io` wording: a read that finds bytes already in
 //! the FIFO while their burst is still arriving waits for the rest of the burst (up to `buf`), as
@@ -895,6 +895,34 @@ mod tests {
             vec![
                 (Instant::ZERO + config.burst_time(4), frame(4)),
                 (at_ms(10) + config.burst_time(2), vec![9, 9]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_read_stops_at_an_idle_character_even_when_the_next_burst_is_on_the_wire() {
+        let config = UartConfig::new_8n1(115_200);
+        let (mut k, link, a, b) = meter_link(1, config);
+        // A 20 ms delay puts both writes on the wire before the first arrives.
+        link.set_fault(
+            Direction::BtoA,
+            FaultRule::Delay {
+                extra: Duration::from_millis(20),
+                jitter: Duration::ZERO,
+            },
+        );
+        let log = spawn_reader(&mut k, a, 64);
+        spawn_writer(
+            &mut k,
+            b,
+            vec![(Instant::ZERO, frame(4)), (at_ms(10), vec![9, 9])],
+        );
+        k.run_until(at_ms(100));
+        assert_eq!(
+            *log.borrow(),
+            vec![
+                (at_ms(20) + config.burst_time(4), frame(4)),
+                (at_ms(30) + config.burst_time(2), vec![9, 9]),
             ]
         );
     }
