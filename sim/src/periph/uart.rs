@@ -278,6 +278,22 @@ pub struct UartStats {
     pub in_flight: u64,
 }
 
+impl fmt::Display for UartStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sent={} delivered={} dropped={} corrupted={} overrun={} disconnected={} in_flight={}",
+            self.sent,
+            self.delivered,
+            self.dropped,
+            self.corrupted,
+            self.overrun,
+            self.disconnected,
+            self.in_flight
+        )
+    }
+}
+
 /// A byte on the wire: `None` is a byte lost to noise, which still keeps the line busy.
 struct Flight {
     at: Instant,
@@ -553,14 +569,15 @@ impl UartLink {
     }
 
     /// Apply `rule` to bytes written from now on in `dir` (`link.set_fault(Direction::AtoB,
-    /// FaultRule::Drop { probability: 0.1 })`). Probabilities are clamped to 0..=1.
+    /// FaultRule::Drop { probability: 0.1 })`). Probabilities are clamped to 0..=1. The trace
+    /// event carries the direction's counters up to the change, so a report can tell what
+    /// happened under each rule.
     pub fn set_fault(&self, dir: Direction, rule: FaultRule) {
         let rule = rule.sanitized();
         let now = self.clock.now();
+        let mut text = format!("{dir} fault {rule}, until now {}", self.stats(dir));
         let mut st = self.state.borrow_mut();
-        st.settle(dir, now);
         st.line_mut(dir).rule = rule;
-        let mut text = format!("{dir} fault {rule}");
         if rule == FaultRule::Disconnect {
             let lost = st.cut(dir, now);
             text.push_str(&format!(", {lost} bytes on the wire lost"));
@@ -1166,12 +1183,13 @@ mod tests {
                 .iter()
                 .map(|e| format!("{} {}", e.source, e.text))
                 .collect();
+            let zero = UartStats::default();
             assert_eq!(
                 texts,
                 vec![
-                    "meter a->b fault drop p=1.000",
-                    "meter a->b fault pass",
-                    "meter b->a fault pass",
+                    format!("meter a->b fault drop p=1.000, until now {zero}"),
+                    format!("meter a->b fault pass, until now {zero}"),
+                    format!("meter b->a fault pass, until now {zero}"),
                 ]
             );
         });
