@@ -1156,6 +1156,23 @@ mod tests {
     }
 
     #[test]
+    fn read_ready_waits_for_the_end_of_the_burst_like_read_does() {
+        let config = UartConfig::new_8e1(4800);
+        let (mut k, _link, mut a, b) = meter_link(1, config);
+        spawn_writer(&mut k, b, vec![(Instant::ZERO, frame(24))]);
+        keep_time_moving(&mut k, at_ms(100));
+        k.run_until(at_ms(30));
+        // 13 bytes are in the FIFO, but a read would still wait for the other 11.
+        let Ok(mid) = a.read_ready();
+        assert!(!mid);
+        k.run_until(Instant::ZERO + config.burst_time(24));
+        let Ok(end) = a.read_ready();
+        assert!(end);
+        let Ok(w) = a.write_ready();
+        assert!(w);
+    }
+
+    #[test]
     fn seven_data_bits_carry_only_the_low_seven_bits() {
         let config = UartConfig {
             data_bits: 7,
