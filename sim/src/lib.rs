@@ -4,4 +4,5 @@
 //! See `docs/architecture.md` for the data flow.
 pub mod devices;
 pub mod kernel;
+pub mod periph;
 pub mod scenario;

@@ -1,0 +1,9 @@
+//! Simulated buses and parts.
+//!
+//! This module owns the wires the firmware meets on the host: [`uart`] links (byte timing at the
+//! baud rate, buffered TX, an idle-line receiver, seeded fault rules) and the [`i2c`] bus
+//! (routing by 7-bit address to simulated parts, bit timing at the bus speed, NACK and stuck-bus
+//! injection). Both run on the kernel's virtual clock and expose the ecosystem traits
+//! (`embedded_io_async`, `embedded_hal_async::i2c::I2c`), so firmware drivers use them unchanged.
+pub mod i2c;
+pub mod uart;
