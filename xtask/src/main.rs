@@ -1,6 +1,7 @@
 //! `cargo xtask ci`: every check a newcomer or CI runs, on a fresh machine.
 //!
-//! It installs what it needs itself (rustup targets and components), then runs formatting,
+//! It installs what it needs itself (rustup targets and components; the Debian packages of the
+//! tools the live tests use, when run as root), then runs formatting,
 //! clippy, every test (which include each scenario file), the scenario suite through the `twin`
 //! CLI with JSON and JUnit reports, and the firmware-core cross builds. Steps stop at the first
 //! failure and the exit code says so.
@@ -34,9 +35,20 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Programs the live tests drive the twin with, and the Debian package of each.
+const TOOLS: &[(&str, &str)] = &[
+    ("snmpget", "snmp"),
+    ("curl", "curl"),
+    ("mosquitto_sub", "mosquitto-clients"),
+    ("socat", "socat"),
+    ("picocom", "picocom"),
+    ("chromium", "chromium"),
+];
+
 fn ci() -> Result<()> {
     let started = Instant::now();
     ensure_toolchain()?;
+    ensure_tools()?;
     step("format", "cargo", &["fmt", "--all", "--", "--check"])?;
     step(
         "clippy",
@@ -113,11 +125,53 @@ fn ensure_toolchain() -> Result<()> {
     Ok(())
 }
 
+/// Install the Debian packages of missing tools when running as root; otherwise say which are
+/// missing (the tests that need them then fail and name them).
+fn ensure_tools() -> Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = output("id", &["-u"])?.trim() == "0";
+    if !root {
+        println!(
+            "xtask: not root, so not installing {}; the live tests need them",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    // Wait for another apt/dpkg instead of failing half-way (seen on these machines).
+    let lock = "DPkg::Lock::Timeout=600";
+    step("apt-get update", "apt-get", &["-o", lock, "-q", "update"])?;
+    let mut args = vec!["-o", lock, "-q", "-y", "install", "--no-install-recommends"];
+    args.extend(&missing);
+    step_env(
+        "apt-get install",
+        "apt-get",
+        &args,
+        &[("DEBIAN_FRONTEND", "noninteractive")],
+    )
+}
+
+fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
+}
+
 fn step(name: &str, program: &str, args: &[&str]) -> Result<()> {
+    step_env(name, program, args, &[])
+}
+
+fn step_env(name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     println!("==> {name}: {program} {}", args.join(" "));
     let t = Instant::now();
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("starting {program}"))?;
     println!("<== {name}: {:.1} s", t.elapsed().as_secs_f64());
