@@ -6,6 +6,9 @@
 
 pub mod config;
 pub mod frontend;
+pub mod health;
+pub mod mcp23017;
+pub mod switch;
 
 use core::fmt;
 
