@@ -68,6 +68,8 @@ use super::{
 use crate::time::{Duration, Instant};
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 /// Reason and fault codes carried in [`SwitchReply::fault_code`] and [`SwitchSnapshot::fault_code`].
@@ -300,7 +302,7 @@ pub struct SwitchCore {
     desired: [u8; 5],
     written: [Option<u8>; 5],
     in_flight: Option<usize>,
-    retry_at: Instant,
+    retry_at: [Instant; 5],
     last_change: [Option<Instant>; CHANNELS],
     last_on: [Option<Instant>; CHANNELS],
     on_seq: [u32; CHANNELS],
@@ -331,7 +333,7 @@ impl SwitchCore {
             desired: [0, MUX_EN_N, 0, 0, 0],
             written: [Some(0), Some(MUX_EN_N), Some(0), Some(0), Some(0)],
             in_flight: None,
-            retry_at: Instant::ZERO,
+            retry_at: [Instant::ZERO; 5],
             last_change: [None; CHANNELS],
             last_on: [None; CHANNELS],
             on_seq: [0; CHANNELS],
@@ -590,7 +592,16 @@ impl SwitchCore {
             .iter()
             .map(|d| d.ready_at.min(d.deadline))
             .min();
-        let retry = (self.in_flight.is_none() && self.has_pending_write()).then_some(self.retry_at);
+        let retry = self
+            .in_flight
+            .is_none()
+            .then(|| {
+                (0..SLOTS.len())
+                    .filter(|&s| self.written[s] != Some(self.desired[s]))
+                    .map(|s| self.retry_at[s])
+                    .min()
+            })
+            .flatten();
         match (deferred, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -658,10 +669,12 @@ impl SwitchCore {
     /// write is in flight or a retry is not due yet.
     #[must_use]
     pub fn poll_write(&mut self, now: Instant) -> Option<PortWrite> {
-        if self.in_flight.is_some() || now < self.retry_at {
+        if self.in_flight.is_some() {
             return None;
         }
-        let slot = (0..SLOTS.len()).find(|&s| self.written[s] != Some(self.desired[s]))?;
+        // A chip that failed waits out its back-off without holding up the others.
+        let slot = (0..SLOTS.len())
+            .find(|&s| self.written[s] != Some(self.desired[s]) && now >= self.retry_at[s])?;
         self.in_flight = Some(slot);
         let (expander, port) = SLOTS[slot];
         Some(PortWrite {
@@ -713,7 +726,7 @@ impl SwitchCore {
         } else {
             IO_RETRY
         };
-        self.retry_at = now + wait;
+        self.retry_at[slot] = now + wait;
         warn!(
             "switch: write to 0x{:x} failed (code {}), {} in a row",
             expander.address(),
@@ -796,10 +809,12 @@ impl SwitchCore {
             SwitchOp::MeterMux => {
                 // Channel n selects HLW8032 n (A/B/C = index, EN low); no channel disables the mux.
                 self.desired[SLOT_MUX] = req.channel.map_or(MUX_EN_N, |ch| ch.index() as u8);
-                if self.written[SLOT_MUX] != Some(self.desired[SLOT_MUX]) {
+                if !self.relay_settled() {
                     self.park(req.source, req.token);
                     return Verdict::Parked;
                 }
+                // Back to what the latch holds: earlier requests waiting for a write are done too.
+                self.flush_parked(S::Ok, reason::NONE);
                 return Verdict::Reply(S::Ok, reason::NONE);
             }
             SwitchOp::ResetOverCurrent => {
@@ -869,7 +884,8 @@ impl SwitchCore {
             }
         }
         if !self.relay_settled() {
-            return Verdict::Defer(self.retry_at.max(now), reason::IO_PENDING);
+            let retry = self.retry_at[SLOT_RELAY].max(self.retry_at[SLOT_MUX]);
+            return Verdict::Defer(retry.max(now), reason::IO_PENDING);
         }
         let min = Duration::from_millis(u64::from(self.policy.min_toggle_ms));
         let toggle_ready = changed
@@ -944,6 +960,7 @@ impl SwitchCore {
         self.relays = target;
         self.desired[SLOT_RELAY] = target.0;
         if self.relay_settled() {
+            self.flush_parked(SwitchStatus::Ok, reason::NONE);
             self.reply(req.source, req.token, SwitchStatus::Ok, reason::NONE);
         } else {
             self.park(req.source, req.token);
@@ -1033,10 +1050,6 @@ impl SwitchCore {
     fn relay_settled(&self) -> bool {
         self.written[SLOT_RELAY] == Some(self.desired[SLOT_RELAY])
             && self.written[SLOT_MUX] == Some(self.desired[SLOT_MUX])
-    }
-
-    fn has_pending_write(&self) -> bool {
-        (0..SLOTS.len()).any(|s| self.written[s] != Some(self.desired[s]))
     }
 
     fn refresh_leds(&mut self) {

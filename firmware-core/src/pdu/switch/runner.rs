@@ -8,7 +8,7 @@ use embedded_hal_async::i2c::I2c;
 use super::{Expander, IoOutcome, PortWrite, SwitchCore, SwitchEvent, SwitchSnapshot, reason};
 use crate::pdu::config::SOURCES;
 use crate::pdu::health::{Heartbeats, TaskId};
-use crate::pdu::mcp23017::Mcp23017;
+use crate::pdu::mcp23017::{Mcp23017, McpStats};
 use crate::pdu::{
     CHANNELS, Outlet, OutletMask, SwitchOp, SwitchReply, SwitchRequest, SwitchStatus,
 };
@@ -83,9 +83,9 @@ pub struct SwitchTask<
     const W: usize,
 > {
     core: SwitchCore,
-    relay: Mcp23017<I2C1>,
-    display: Mcp23017<I2C0>,
-    selection: Mcp23017<I2C0>,
+    pub(super) relay: Mcp23017<I2C1>,
+    pub(super) display: Mcp23017<I2C0>,
+    pub(super) selection: Mcp23017<I2C0>,
     links: SwitchLinks<'a, M, Q, R, A, W>,
     clock: C,
     published: Option<SwitchSnapshot>,
@@ -124,6 +124,15 @@ where
     /// The core (state, stats).
     pub fn core(&self) -> &SwitchCore {
         &self.core
+    }
+
+    /// The expanders' counters: relay (0x20), display (0x21), selection (0x23).
+    pub fn expander_stats(&self) -> [McpStats; 3] {
+        [
+            self.relay.stats(),
+            self.display.stats(),
+            self.selection.stats(),
+        ]
     }
 
     /// The core, for boot-time calls.

@@ -698,3 +698,147 @@ fn restore_brings_outlets_back_in_steps_of_the_maximum() {
         && r.token == RESTORE_TOKEN
         && r.status == SwitchStatus::Ok));
 }
+
+#[test]
+fn a_trip_cancels_a_switch_on_whose_write_has_not_landed() {
+    let mut core = switch_ready();
+    send(&mut core, set(Source::Console, 1, true), ms(500));
+    core.handle_request(set(Source::Console, 2, true), ms(600));
+    let w = core.poll_write(ms(600)).expect("relay write");
+    core.handle_io_result(w, IoOutcome::Failed(1), ms(600));
+    core.handle_currents(&currents(9.9), ms(605));
+    // Outlet 2 never reached the relays; outlet 1 is the last one really on.
+    assert_eq!(core.relays(), OutletMask::NONE);
+    assert_eq!(settle(&mut core, ms(610)), [0]);
+    assert_eq!(core.ocp_status().last_tripped_channel, 1);
+}
+
+mod runner {
+    use super::*;
+    use crate::pdu::mcp23017::tests::FakeBus;
+    use crate::ports::Clock;
+    use crate::queue::{FullPolicy, Queue};
+    use core::cell::Cell;
+    use embassy_futures::block_on;
+    use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+    use embassy_sync::signal::Signal;
+    use embassy_sync::watch::Watch;
+
+    struct TestClock(Cell<Instant>);
+    impl Clock for TestClock {
+        fn now(&self) -> Instant {
+            self.0.get()
+        }
+        async fn sleep_until(&self, deadline: Instant) {
+            // Virtual time: jump to the deadline.
+            if self.0.get() < deadline {
+                self.0.set(deadline);
+            }
+        }
+    }
+
+    #[test]
+    fn switch_task_writes_the_relay_latch_replies_and_publishes() {
+        let requests: Queue<NoopRawMutex, SwitchRequest, 4> = Queue::new(FullPolicy::RejectNew);
+        let console: Queue<NoopRawMutex, SwitchReply, 4> = Queue::new(FullPolicy::DropOldest);
+        let currents: Signal<NoopRawMutex, [f32; CHANNELS]> = Signal::new();
+        let aux: Queue<NoopRawMutex, SwitchAux, 4> = Queue::new(FullPolicy::DropOldest);
+        let published: Watch<NoopRawMutex, SwitchSnapshot, 2> = Watch::new();
+        let beats: crate::pdu::health::Heartbeats<NoopRawMutex> =
+            crate::pdu::health::Heartbeats::new();
+        let links = SwitchLinks {
+            requests: &requests,
+            replies: [None, Some(&console), None, None, None],
+            currents: &currents,
+            aux: &aux,
+            published: &published,
+            events: None,
+            heartbeat: Some((&beats, crate::pdu::health::TaskId::SWITCH)),
+        };
+        let mut core = SwitchCore::new(policy(), &ocp());
+        core.boot(&policy(), &ocp(), ms(0));
+        let clock = TestClock(Cell::new(ms(0)));
+        let mut task = SwitchTask::new(
+            core,
+            FakeBus::default(),
+            FakeBus::default(),
+            FakeBus::default(),
+            links,
+            &clock,
+        );
+        block_on(task.init());
+        clock.0.set(ms(500));
+        let mut req = SwitchRequest::set(Source::Console, ch(3), true);
+        req.token = 42;
+        offer_request(&requests, req).expect("room in the queue");
+        block_on(task.step());
+        let reply = console.try_receive().expect("a reply for the console");
+        assert_eq!((reply.status, reply.token), (SwitchStatus::Ok, 42));
+        assert_eq!(task.relay.shadow(Port::A), 0b100);
+        assert_eq!(task.display.shadow(Port::A), 0b100);
+        assert_eq!(task.display.shadow(Port::B), LED_PWR);
+        let snap = published.try_get().expect("published");
+        assert_eq!(snap.relays, OutletMask(0b100));
+        assert!(beats.read()[2].is_some());
+
+        aux.offer(SwitchAux::Selection(Some(ch(2))))
+            .is_queued()
+            .then_some(())
+            .unwrap();
+        block_on(task.step());
+        assert_eq!(task.selection.shadow(Port::A), 0b10);
+
+        currents.signal(currents_of(9.6));
+        block_on(task.step());
+        assert_eq!(task.relay.shadow(Port::A), 0);
+        assert_eq!(
+            published.try_get().map(|s| s.ocp.state),
+            Some(OcpState::Lockout)
+        );
+    }
+
+    fn currents_of(a: f32) -> [f32; CHANNELS] {
+        super::currents(a)
+    }
+
+    #[test]
+    fn a_dead_relay_bus_ends_in_fault_safe() {
+        let requests: Queue<NoopRawMutex, SwitchRequest, 4> = Queue::new(FullPolicy::RejectNew);
+        let currents: Signal<NoopRawMutex, [f32; CHANNELS]> = Signal::new();
+        let aux: Queue<NoopRawMutex, SwitchAux, 4> = Queue::new(FullPolicy::DropOldest);
+        let published: Watch<NoopRawMutex, SwitchSnapshot, 2> = Watch::new();
+        let links: SwitchLinks<'_, NoopRawMutex, 4, 1, 4, 2> = SwitchLinks {
+            requests: &requests,
+            replies: [None; 5],
+            currents: &currents,
+            aux: &aux,
+            published: &published,
+            events: None,
+            heartbeat: None,
+        };
+        let mut core = SwitchCore::new(policy(), &ocp());
+        core.boot(&policy(), &ocp(), ms(0));
+        let clock = TestClock(Cell::new(ms(0)));
+        let dead = FakeBus {
+            dead: true,
+            ..FakeBus::default()
+        };
+        let mut task = SwitchTask::new(
+            core,
+            dead,
+            FakeBus::default(),
+            FakeBus::default(),
+            links,
+            &clock,
+        );
+        block_on(task.init());
+        for _ in 0..6 {
+            block_on(task.step());
+        }
+        assert_eq!(task.core().state(), SwitchState::FaultSafe);
+        let snap = published.try_get().expect("published");
+        assert_eq!(snap.fault_code, reason::I2C_FAULT_THRESHOLD);
+        assert!(snap.fault_led);
+        assert_eq!(task.display.shadow(Port::B) & LED_FAULT, LED_FAULT);
+    }
+}
