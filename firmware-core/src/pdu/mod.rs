@@ -4,9 +4,11 @@
 //! holds the vocabulary every PDU task shares: outlets, request sources and their priority, the
 //! switch request/reply pair, and per-channel telemetry. Each task lives in its own submodule.
 
+pub mod buttons;
 pub mod config;
 pub mod frontend;
 pub mod health;
+pub mod logger;
 pub mod mcp23017;
 pub mod switch;
 
