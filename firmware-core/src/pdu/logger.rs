@@ -16,8 +16,8 @@ use embassy_sync::blocking_mutex::raw::RawMutex;
 use embedded_io_async::Write;
 use heapless::String;
 
-use super::switch::{op_name, status_name};
-use super::{Outlet, Source, SwitchReply, SwitchRequest};
+use super::switch::{SwitchAnswer, op_name, status_name};
+use super::{Outlet, Source};
 use crate::ports::Clock;
 use crate::queue::Queue;
 use crate::time::{Duration, Instant};
@@ -91,21 +91,18 @@ impl LogEvent {
         }
     }
 
-    /// The log event of a finished switch request: `Info` when it succeeded, `Warn` otherwise.
-    pub fn switch(
-        req: &SwitchRequest,
-        reply: &SwitchReply,
-        duration: Duration,
-        at: Instant,
-    ) -> Self {
+    /// The log event of an answered switch request: `Info` when it succeeded, `Warn` otherwise;
+    /// the duration is the time from the request's arrival to its answer.
+    pub fn switch(answer: &SwitchAnswer, at: Instant) -> Self {
+        let reply = &answer.reply;
         let ok = reply.status == super::SwitchStatus::Ok;
         LogEvent {
             at,
             level: if ok { Level::Info } else { Level::Warn },
-            source: source_name(req.source),
-            op: op_name(req.op),
-            channel: req.channel,
-            duration,
+            source: source_name(answer.source),
+            op: op_name(answer.op),
+            channel: answer.channel,
+            duration: answer.waited,
             status: status_name(reply.status),
             error_code: reply.fault_code,
         }
@@ -120,6 +117,19 @@ pub const fn source_name(source: Source) -> &'static str {
         Source::Net => "net",
         Source::Button => "button",
         Source::Schedule => "schedule",
+    }
+}
+
+/// Where a task puts its log events: implemented by the log [`Queue`], so a task can hold a
+/// `&dyn LogPort` without carrying the queue's capacity in its type.
+pub trait LogPort {
+    /// Record `event` without waiting or failing (a full queue drops its oldest event, counted).
+    fn log(&self, event: LogEvent);
+}
+
+impl<M: RawMutex, const N: usize> LogPort for Queue<M, LogEvent, N> {
+    fn log(&self, event: LogEvent) {
+        let _ = self.offer(event);
     }
 }
 
@@ -293,7 +303,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pdu::{SwitchOp, SwitchStatus};
+    use crate::pdu::{SwitchOp, SwitchReply, SwitchStatus};
     use crate::queue::FullPolicy;
     use embassy_futures::block_on;
     use embassy_sync::blocking_mutex::raw::NoopRawMutex;
@@ -322,20 +332,19 @@ mod tests {
     }
 
     fn toggle_event() -> LogEvent {
-        let mut req = SwitchRequest::new(Source::Console, SwitchOp::Toggle);
-        req.channel = Outlet::new(3);
-        let reply = SwitchReply {
-            status: SwitchStatus::Ok,
-            state_bitmap: crate::pdu::OutletMask(0b100),
-            fault_code: 0,
-            token: 1,
+        let answer = SwitchAnswer {
+            source: Source::Console,
+            op: SwitchOp::Toggle,
+            channel: Outlet::new(3),
+            waited: Duration::from_micros(1_200),
+            reply: SwitchReply {
+                status: SwitchStatus::Ok,
+                state_bitmap: crate::pdu::OutletMask(0b100),
+                fault_code: 0,
+                token: 1,
+            },
         };
-        LogEvent::switch(
-            &req,
-            &reply,
-            Duration::from_micros(1_200),
-            Instant::from_millis(1_250),
-        )
+        LogEvent::switch(&answer, Instant::from_millis(1_250))
     }
 
     #[test]

@@ -231,13 +231,29 @@ pub struct SwitchSnapshot {
     pub io_errors: u32,
 }
 
+/// A reply with the request it answers, from [`SwitchCore::poll_answer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct SwitchAnswer {
+    /// Who asked (whose reply queue it goes to).
+    pub source: Source,
+    /// What was asked.
+    pub op: SwitchOp,
+    /// The outlet named by the request.
+    pub channel: Option<Outlet>,
+    /// From the request's arrival to its answer.
+    pub waited: Duration,
+    /// The reply.
+    pub reply: SwitchReply,
+}
+
 /// Counters of the core, for telemetry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct SwitchStats {
     /// I2C write errors since boot.
     pub io_errors: u32,
-    /// I2C write errors in a row now.
+    /// I2C write errors in a row now, on the worst expander.
     pub io_errors_in_row: u8,
     /// Replies dropped because nobody polled them.
     pub replies_dropped: u32,
@@ -255,11 +271,18 @@ struct Claim {
 
 #[derive(Debug, Clone, Copy)]
 struct Deferred {
-    req: SwitchRequest,
+    ask: Ask,
     /// Answer `Timeout` at this instant at the latest.
     deadline: Instant,
     /// Check again at this instant.
     ready_at: Instant,
+}
+
+/// A request and when it arrived.
+#[derive(Debug, Clone, Copy)]
+struct Ask {
+    req: SwitchRequest,
+    received: Instant,
 }
 
 enum Verdict {
@@ -309,8 +332,9 @@ pub struct SwitchCore {
     seq: u32,
     claims: [Option<Claim>; CHANNELS],
     deferred: Vec<Deferred, DEFERRED_CAPACITY>,
-    parked: Vec<(Source, u32), DEFERRED_CAPACITY>,
-    replies: Deque<(Source, SwitchReply), REPLY_CAPACITY>,
+    parked: Vec<Ask, DEFERRED_CAPACITY>,
+    replies: Deque<SwitchAnswer, REPLY_CAPACITY>,
+    now: Instant,
     events: Deque<SwitchEvent, EVENT_CAPACITY>,
     ocp: OcpStatus,
     last_trip_at: Option<Instant>,
@@ -319,6 +343,9 @@ pub struct SwitchCore {
     fault_led: bool,
     eth_link: bool,
     selection: Option<Outlet>,
+    /// Errors in a row per expander (relay, display, selection): a healthy chip's successes must
+    /// not hide a dead one.
+    in_row: [u8; 3],
     stats: SwitchStats,
 }
 
@@ -341,6 +368,7 @@ impl SwitchCore {
             claims: [None; CHANNELS],
             deferred: Vec::new(),
             parked: Vec::new(),
+            now: Instant::ZERO,
             replies: Deque::new(),
             events: Deque::new(),
             ocp: OcpStatus {
@@ -353,6 +381,7 @@ impl SwitchCore {
             fault_led: false,
             eth_link: false,
             selection: None,
+            in_row: [0; 3],
             stats: SwitchStats::default(),
         }
     }
@@ -363,6 +392,7 @@ impl SwitchCore {
     /// logs a warning. Requests deferred during `INIT` are checked at the next
     /// [`handle_timeout`](Self::handle_timeout).
     pub fn boot(&mut self, policy: &SwitchPolicy, ocp: &OcpConfig, now: Instant) {
+        self.now = self.now.max(now);
         self.policy = policy.clone();
         self.set_ocp(ocp);
         let safe = self.policy.safe_mask;
@@ -494,24 +524,26 @@ impl SwitchCore {
 
     /// Evaluate a fresh request; true when it was deferred or acted on.
     fn admit(&mut self, req: SwitchRequest, now: Instant) -> bool {
+        self.now = self.now.max(now);
         let deadline = now + Duration::from_millis(u64::from(req.timeout_ms));
-        match self.evaluate(&req, now) {
+        let ask = Ask { req, received: now };
+        match self.evaluate(&ask, now) {
             Verdict::Reply(status, code) => {
-                self.reply(req.source, req.token, status, code);
+                self.reply(&ask, status, code);
                 false
             }
             Verdict::Parked => true,
             Verdict::Apply(target) => {
-                self.apply(&req, target, now);
+                self.apply(&ask, target, now);
                 true
             }
-            Verdict::Defer(ready_at, why) => self.defer(req, deadline, ready_at, why, now),
+            Verdict::Defer(ready_at, why) => self.defer(ask, deadline, ready_at, why, now),
         }
     }
 
     fn defer(
         &mut self,
-        req: SwitchRequest,
+        ask: Ask,
         deadline: Instant,
         ready_at: Instant,
         why: u16,
@@ -523,22 +555,18 @@ impl SwitchCore {
         } else {
             ready_at
         };
+        let req = ask.req;
         if ready_at > deadline {
-            self.reply(req.source, req.token, SwitchStatus::Timeout, why);
+            self.reply(&ask, SwitchStatus::Timeout, why);
             return false;
         }
         let entry = Deferred {
-            req,
+            ask,
             deadline,
             ready_at,
         };
         if self.deferred.push(entry).is_err() {
-            self.reply(
-                req.source,
-                req.token,
-                SwitchStatus::Busy,
-                reason::DEFER_FULL,
-            );
+            self.reply(&ask, SwitchStatus::Busy, reason::DEFER_FULL);
             return false;
         }
         if let Some(target) = self.target(&req) {
@@ -551,6 +579,7 @@ impl SwitchCore {
 
     /// Re-check deferred requests that are due and time out the expired ones.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         let mut i = 0;
         // Each entry is looked at once per call, so a re-deferral cannot loop here.
         let mut budget = self.deferred.len();
@@ -562,18 +591,18 @@ impl SwitchCore {
                 continue;
             }
             self.deferred.remove(i);
-            match self.evaluate(&d.req, now) {
-                Verdict::Reply(status, code) => self.reply(d.req.source, d.req.token, status, code),
+            match self.evaluate(&d.ask, now) {
+                Verdict::Reply(status, code) => self.reply(&d.ask, status, code),
                 Verdict::Parked => {}
-                Verdict::Apply(target) => self.apply(&d.req, target, now),
+                Verdict::Apply(target) => self.apply(&d.ask, target, now),
                 Verdict::Defer(ready_at, why) => {
                     if now >= d.deadline || ready_at > d.deadline {
-                        self.reply(d.req.source, d.req.token, SwitchStatus::Timeout, why);
+                        self.reply(&d.ask, SwitchStatus::Timeout, why);
                     } else {
                         // Put it back where it was, so order among deferred requests is kept.
                         let back = Deferred { ready_at, ..d };
                         if self.deferred.insert(i, back).is_err() {
-                            self.reply(d.req.source, d.req.token, SwitchStatus::Busy, why);
+                            self.reply(&d.ask, SwitchStatus::Busy, why);
                         } else {
                             i += 1;
                         }
@@ -611,6 +640,7 @@ impl SwitchCore {
     /// Summed-current over-current protection. Call with MeterTask's latest per-channel currents
     /// (amps); non-finite or negative values count as 0.
     pub fn handle_currents(&mut self, currents: &[f32; CHANNELS], now: Instant) {
+        self.now = self.now.max(now);
         let total: f32 = currents
             .iter()
             .map(|c| if c.is_finite() && *c > 0.0 { *c } else { 0.0 })
@@ -686,6 +716,7 @@ impl SwitchCore {
 
     /// Report the outcome of the write [`poll_write`](Self::poll_write) handed out last.
     pub fn handle_io_result(&mut self, write: PortWrite, outcome: IoOutcome, now: Instant) {
+        self.now = self.now.max(now);
         let Some(slot) = SLOTS
             .iter()
             .position(|s| *s == (write.expander, write.port))
@@ -697,7 +728,8 @@ impl SwitchCore {
         }
         match outcome {
             IoOutcome::Done => {
-                self.stats.io_errors_in_row = 0;
+                self.in_row[write.expander as usize] = 0;
+                self.stats.io_errors_in_row = self.in_row.iter().copied().max().unwrap_or(0);
                 let before = self.written[slot];
                 self.written[slot] = Some(write.value);
                 if slot == SLOT_RELAY {
@@ -720,7 +752,10 @@ impl SwitchCore {
 
     fn io_failed(&mut self, expander: Expander, slot: usize, code: u16, now: Instant) {
         self.stats.io_errors = self.stats.io_errors.wrapping_add(1);
-        self.stats.io_errors_in_row = self.stats.io_errors_in_row.saturating_add(1);
+        let in_row = &mut self.in_row[expander as usize];
+        *in_row = in_row.saturating_add(1);
+        let in_row = *in_row;
+        self.stats.io_errors_in_row = self.in_row.iter().copied().max().unwrap_or(0);
         let wait = if self.state == SwitchState::FaultSafe {
             IO_RETRY_FAULT
         } else {
@@ -731,17 +766,14 @@ impl SwitchCore {
             "switch: write to 0x{:x} failed (code {}), {} in a row",
             expander.address(),
             code,
-            self.stats.io_errors_in_row
+            in_row
         );
-        self.event(SwitchEvent::IoError {
-            expander,
-            in_row: self.stats.io_errors_in_row,
-        });
+        self.event(SwitchEvent::IoError { expander, in_row });
         if slot == SLOT_RELAY || slot == SLOT_MUX {
             self.flush_parked(SwitchStatus::IoError, reason::I2C_ERROR);
         }
         let threshold = self.policy.i2c_fault_threshold.max(1);
-        if self.stats.io_errors_in_row >= threshold && self.state != SwitchState::FaultSafe {
+        if in_row >= threshold && self.state != SwitchState::FaultSafe {
             self.enter_fault_safe(reason::I2C_FAULT_THRESHOLD, now);
         }
     }
@@ -764,6 +796,13 @@ impl SwitchCore {
     /// The next reply, with the source it is for.
     #[must_use]
     pub fn poll_reply(&mut self) -> Option<(Source, SwitchReply)> {
+        self.poll_answer().map(|a| (a.source, a.reply))
+    }
+
+    /// The next reply with what it answered and how long that took (for the log). Same queue
+    /// as [`poll_reply`](Self::poll_reply): use one or the other.
+    #[must_use]
+    pub fn poll_answer(&mut self) -> Option<SwitchAnswer> {
         self.replies.pop_front()
     }
 
@@ -799,8 +838,9 @@ impl SwitchCore {
         })
     }
 
-    fn evaluate(&mut self, req: &SwitchRequest, now: Instant) -> Verdict {
+    fn evaluate(&mut self, ask: &Ask, now: Instant) -> Verdict {
         use SwitchStatus as S;
+        let req = &ask.req;
         if self.state == SwitchState::Init && req.op != SwitchOp::Query {
             return Verdict::Defer(Instant::MAX, reason::NOT_READY);
         }
@@ -810,7 +850,7 @@ impl SwitchCore {
                 // Channel n selects HLW8032 n (A/B/C = index, EN low); no channel disables the mux.
                 self.desired[SLOT_MUX] = req.channel.map_or(MUX_EN_N, |ch| ch.index() as u8);
                 if !self.relay_settled() {
-                    self.park(req.source, req.token);
+                    self.park(*ask);
                     return Verdict::Parked;
                 }
                 // Back to what the latch holds: earlier requests waiting for a write are done too.
@@ -827,6 +867,7 @@ impl SwitchCore {
             SwitchOp::ClearFault => {
                 self.fault_led = false;
                 if self.state == SwitchState::FaultSafe {
+                    self.in_row = [0; 3];
                     self.stats.io_errors_in_row = 0;
                     self.fault_code = reason::NONE;
                     self.set_state(SwitchState::Ready, reason::NONE);
@@ -941,7 +982,8 @@ impl SwitchCore {
             .all(|g| (g.0 & mask.0).count_ones() <= 1)
     }
 
-    fn apply(&mut self, req: &SwitchRequest, target: OutletMask, now: Instant) {
+    fn apply(&mut self, ask: &Ask, target: OutletMask, now: Instant) {
+        let req = &ask.req;
         let changed = OutletMask(target.0 ^ self.relays.0);
         for o in changed.iter() {
             self.last_change[o.index()] = Some(now);
@@ -961,9 +1003,9 @@ impl SwitchCore {
         self.desired[SLOT_RELAY] = target.0;
         if self.relay_settled() {
             self.flush_parked(SwitchStatus::Ok, reason::NONE);
-            self.reply(req.source, req.token, SwitchStatus::Ok, reason::NONE);
+            self.reply(ask, SwitchStatus::Ok, reason::NONE);
         } else {
-            self.park(req.source, req.token);
+            self.park(*ask);
         }
     }
 
@@ -1023,13 +1065,10 @@ impl SwitchCore {
         let relays = OutletMask(self.relays.0 & held & self.policy.safe_mask.0);
         self.set_relays_safety(relays);
         self.flush_parked(SwitchStatus::FaultSafe, reason::FAULT_SAFE);
-        while let Some(d) = self.deferred.pop() {
-            self.reply(
-                d.req.source,
-                d.req.token,
-                SwitchStatus::FaultSafe,
-                reason::FAULT_SAFE,
-            );
+        // Oldest first, so replies come out in arrival order.
+        let cancelled = core::mem::take(&mut self.deferred);
+        for d in cancelled {
+            self.reply(&d.ask, SwitchStatus::FaultSafe, reason::FAULT_SAFE);
         }
         self.fault_code = code;
         self.fault_led = true;
@@ -1084,32 +1123,38 @@ impl SwitchCore {
         });
     }
 
-    fn park(&mut self, source: Source, token: u32) {
-        if self.parked.push((source, token)).is_err() {
+    fn park(&mut self, ask: Ask) {
+        if let Err(ask) = self.parked.push(ask) {
             // Cannot happen with the runner (it drains writes between requests); answer now.
-            self.reply(source, token, SwitchStatus::Ok, reason::NONE);
+            self.reply(&ask, SwitchStatus::Ok, reason::NONE);
         }
     }
 
     fn flush_parked(&mut self, status: SwitchStatus, code: u16) {
         let parked = core::mem::take(&mut self.parked);
-        for (source, token) in parked {
-            self.reply(source, token, status, code);
+        for ask in parked {
+            self.reply(&ask, status, code);
         }
     }
 
-    fn reply(&mut self, source: Source, token: u32, status: SwitchStatus, code: u16) {
+    fn reply(&mut self, ask: &Ask, status: SwitchStatus, code: u16) {
         let reply = SwitchReply {
             status,
             state_bitmap: self.relays,
             fault_code: code,
-            token,
+            token: ask.req.token,
         };
         if self.replies.is_full() {
             self.replies.pop_front();
             self.stats.replies_dropped = self.stats.replies_dropped.wrapping_add(1);
         }
-        let _ = self.replies.push_back((source, reply));
+        let _ = self.replies.push_back(SwitchAnswer {
+            source: ask.req.source,
+            op: ask.req.op,
+            channel: ask.req.channel,
+            waited: self.now.saturating_since(ask.received),
+            reply,
+        });
     }
 
     fn event(&mut self, e: SwitchEvent) {

@@ -8,6 +8,7 @@ use embedded_hal_async::i2c::I2c;
 use super::{Expander, IoOutcome, PortWrite, SwitchCore, SwitchEvent, SwitchSnapshot, reason};
 use crate::pdu::config::SOURCES;
 use crate::pdu::health::{Heartbeats, TaskId};
+use crate::pdu::logger::{LogEvent, LogPort};
 use crate::pdu::mcp23017::{Mcp23017, McpStats};
 use crate::pdu::{
     CHANNELS, Outlet, OutletMask, SwitchOp, SwitchReply, SwitchRequest, SwitchStatus,
@@ -40,6 +41,8 @@ pub enum SwitchAux {
 /// * `published`: the latest [`SwitchSnapshot`] for anyone (Net, Console, Health, the simulator).
 /// * `events`: optional announcements ([`SwitchEvent`]: state changes, trips, I2C errors).
 /// * `heartbeat`: optional HealthTask heartbeat slot.
+/// * `log`: optional log port (LoggerTask's queue); every answered request is logged with the
+///   time it took.
 pub struct SwitchLinks<
     'a,
     M: RawMutex,
@@ -62,6 +65,8 @@ pub struct SwitchLinks<
     pub events: Option<&'a Queue<M, SwitchEvent, A>>,
     /// Heartbeat board and this task's slot.
     pub heartbeat: Option<(&'a Heartbeats<M>, TaskId)>,
+    /// Operational log.
+    pub log: Option<&'a dyn LogPort>,
 }
 
 /// The SwitchTask runner: owns the relay expander (0x20 on `I2C1`) and the two display expanders
@@ -212,11 +217,18 @@ where
             let outcome = self.apply(write).await;
             self.core.handle_io_result(write, outcome, self.clock.now());
         }
-        while let Some((source, reply)) = self.core.poll_reply() {
-            let slot = self.links.replies.get(usize::from(source.rank())).copied();
+        while let Some(answer) = self.core.poll_answer() {
+            let slot = self
+                .links
+                .replies
+                .get(usize::from(answer.source.rank()))
+                .copied();
             if let Some(Some(q)) = slot {
                 // Full reply queues drop per their policy; the queue's stats count it.
-                let _ = q.offer(reply);
+                let _ = q.offer(answer.reply);
+            }
+            if let Some(log) = self.links.log {
+                log.log(LogEvent::switch(&answer, self.clock.now()));
             }
         }
         while let Some(event) = self.core.poll_event() {

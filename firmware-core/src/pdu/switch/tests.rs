@@ -746,6 +746,8 @@ mod runner {
         let published: Watch<NoopRawMutex, SwitchSnapshot, 2> = Watch::new();
         let beats: crate::pdu::health::Heartbeats<NoopRawMutex> =
             crate::pdu::health::Heartbeats::new();
+        let log: Queue<NoopRawMutex, crate::pdu::logger::LogEvent, 8> =
+            Queue::new(FullPolicy::DropOldest);
         let links = SwitchLinks {
             requests: &requests,
             replies: [None, Some(&console), None, None, None],
@@ -754,6 +756,7 @@ mod runner {
             published: &published,
             events: None,
             heartbeat: Some((&beats, crate::pdu::health::TaskId::SWITCH)),
+            log: Some(&log),
         };
         let mut core = SwitchCore::new(policy(), &ocp());
         core.boot(&policy(), &ocp(), ms(0));
@@ -780,6 +783,11 @@ mod runner {
         let snap = published.try_get().expect("published");
         assert_eq!(snap.relays, OutletMask(0b100));
         assert!(beats.read()[2].is_some());
+        let logged = log.try_receive().expect("the answer is logged");
+        assert_eq!(
+            (logged.source, logged.op, logged.status),
+            ("console", "SET", "OK")
+        );
 
         aux.offer(SwitchAux::Selection(Some(ch(2))))
             .is_queued()
@@ -815,6 +823,7 @@ mod runner {
             published: &published,
             events: None,
             heartbeat: None,
+            log: None,
         };
         let mut core = SwitchCore::new(policy(), &ocp());
         core.boot(&policy(), &ocp(), ms(0));
@@ -841,4 +850,28 @@ mod runner {
         assert!(snap.fault_led);
         assert_eq!(task.display.shadow(Port::B) & LED_FAULT, LED_FAULT);
     }
+}
+
+#[test]
+fn a_healthy_display_does_not_hide_a_dead_relay_expander() {
+    let mut p = policy();
+    p.i2c_fault_threshold = 3;
+    let mut core = switch_with(p);
+    send(&mut core, set(Source::Console, 1, true), ms(500));
+    let mut now = ms(600);
+    core.handle_request(set(Source::Console, 2, true), now);
+    for i in 0..3 {
+        // Something new for the display each round.
+        core.set_eth_link(i % 2 == 0);
+        while let Some(w) = core.poll_write(now) {
+            let outcome = if w.expander == Expander::Relay {
+                IoOutcome::Failed(1)
+            } else {
+                IoOutcome::Done
+            };
+            core.handle_io_result(w, outcome, now);
+        }
+        now += IO_RETRY;
+    }
+    assert_eq!(core.state(), SwitchState::FaultSafe);
 }
