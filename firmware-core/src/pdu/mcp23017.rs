@@ -414,4 +414,32 @@ pub(crate) mod tests {
         let s = mcp.stats();
         assert_eq!((s.failed_attempts, s.failed_accesses), (6, 2));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn the_shadow_always_matches_the_latch_whatever_the_bus_does(
+            ops in proptest::collection::vec((proptest::bool::ANY, proptest::num::u8::ANY, 0u32..5), 1..40),
+        ) {
+            let mut mcp = Mcp23017::new(FakeBus::default(), 0x20);
+            let mut failures = 0u32;
+            for (port_b, value, nack) in ops {
+                let port = if port_b { Port::B } else { Port::A };
+                let before = mcp.shadow(port);
+                mcp.i2c.nack = nack;
+                let result = block_on(mcp.write_port(port, value));
+                // 3 attempts: up to 2 NACKs are absorbed by the retries.
+                proptest::prop_assert_eq!(result.is_ok(), nack < 3);
+                if result.is_err() {
+                    failures += 1;
+                    proptest::prop_assert_eq!(mcp.shadow(port), before);
+                } else {
+                    proptest::prop_assert_eq!(mcp.shadow(port), value);
+                }
+                mcp.i2c.nack = 0;
+                let latch = block_on(mcp.read_reg(port.olat()));
+                proptest::prop_assert_eq!(latch, Ok(mcp.shadow(port)));
+            }
+            proptest::prop_assert_eq!(mcp.stats().failed_accesses, failures);
+        }
+    }
 }

@@ -9,7 +9,9 @@
 //! configured `SAFE_MASK` and enters `READY`; [`SwitchCore::restore`] then brings back the saved
 //! outlets, in steps that respect every interlock. `FAULT_SAFE` is entered by a `SafeState`
 //! request (from any source; HealthTask's fault policy, the PWR button) or by
-//! `i2c_fault_threshold` I2C errors in a row. Entering it switches off every outlet not in
+//! `i2c_fault_threshold` I2C write errors in a row on one expander (counted per chip, so a
+//! healthy display bus cannot hide a dead relay bus; failed writes are retried after
+//! [`IO_RETRY`], [`IO_RETRY_FAULT`] once in `FAULT_SAFE`). Entering it switches off every outlet not in
 //! `SAFE_MASK` (outlets in it *stay* as they are: the safe state never switches anything on),
 //! cancels deferred requests, lights the FAULT LED and is announced as a [`SwitchEvent`] and in the
 //! published [`SwitchSnapshot`]. In `FAULT_SAFE` only `Query`, `MeterMux`, `ResetOverCurrent`,
@@ -50,7 +52,22 @@
 //! at ≥ limit − 1.0 A; at ≥ limit − 0.5 A a **trip** switches off the outlet switched on last and
 //! enters `Lockout`, where switching on is refused; still above the trip level
 //! [`OCP_RETRIP`] after a trip, the next most recent outlet goes off. Recovery below
-//! limit − 1.5 A, or `ResetOverCurrent`, ends the lockout.
+//! limit − 1.5 A, or `ResetOverCurrent`, ends the lockout. A trip also lights the FAULT LED until
+//! `ClearFault`.
+//!
+//! # Wiring (boot)
+//! 1. `let mut core = SwitchCore::new(cfg.switch.clone(), &cfg.ocp);`
+//!    `core.boot(&cfg.switch, &cfg.ocp, now);` and, if `cfg.switch.restore_on_boot`,
+//!    `core.restore(cfg.switch.last_state, now);`.
+//! 2. Make the queues: requests (`RejectNew`; everyone sends with [`offer_request`]), one reply
+//!    queue per source that wants replies (`DropOldest`), the [`SwitchAux`] queue, a
+//!    `Signal<[f32; 8]>` that MeterTask signals with the channel currents, a `Watch` for
+//!    [`SwitchSnapshot`], optionally an event queue, the heartbeat board and a log port.
+//! 3. `SwitchTask::new(core, i2c1, i2c0_a, i2c0_b, links, clock).run().await` — it initialises the
+//!    expanders the ENERGIS way and then writes the boot state.
+//!
+//! Saving `last_state` when the relays change is StorageTask's job: it can follow
+//! [`SwitchSnapshot::relays`] on the `Watch`.
 mod runner;
 
 pub use runner::{
