@@ -71,7 +71,7 @@
 mod runner;
 
 pub use runner::{
-    SwitchAux, SwitchLinks, SwitchTask, offer_request, op_name, reply_busy, status_name,
+    EventPort, SwitchAux, SwitchLinks, SwitchTask, offer_request, op_name, reply_busy, status_name,
 };
 
 use heapless::{Deque, Vec};

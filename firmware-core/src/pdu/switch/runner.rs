@@ -39,7 +39,8 @@ pub enum SwitchAux {
 /// * `currents`: MeterTask's latest per-channel currents (amps), for over-current protection.
 /// * `aux`: [`SwitchAux`] inputs (selection, supply, Ethernet link); `DropOldest`.
 /// * `published`: the latest [`SwitchSnapshot`] for anyone (Net, Console, Health, the simulator).
-/// * `events`: optional announcements ([`SwitchEvent`]: state changes, trips, I2C errors).
+/// * `events`: optional announcements ([`SwitchEvent`]: state changes, trips, I2C errors), e.g.
+///   a `Queue<M, SwitchEvent, N>` (`DropOldest`) that Net/Console drain.
 /// * `heartbeat`: optional HealthTask heartbeat slot.
 /// * `log`: optional log port (LoggerTask's queue); every answered request is logged with the
 ///   time it took.
@@ -62,7 +63,7 @@ pub struct SwitchLinks<
     /// Published state.
     pub published: &'a Watch<M, SwitchSnapshot, W>,
     /// Announcements.
-    pub events: Option<&'a Queue<M, SwitchEvent, A>>,
+    pub events: Option<&'a dyn EventPort>,
     /// Heartbeat board and this task's slot.
     pub heartbeat: Option<(&'a Heartbeats<M>, TaskId)>,
     /// Operational log.
@@ -232,8 +233,8 @@ where
             }
         }
         while let Some(event) = self.core.poll_event() {
-            if let Some(q) = self.links.events {
-                let _ = q.offer(event);
+            if let Some(port) = self.links.events {
+                port.announce(event);
             }
         }
         let snap = self.core.snapshot();
@@ -256,6 +257,19 @@ where
             Ok(()) => IoOutcome::Done,
             Err(e) => IoOutcome::Failed(e.code()),
         }
+    }
+}
+
+/// Where SwitchTask announces [`SwitchEvent`]s; implemented by `Queue<M, SwitchEvent, N>` (a
+/// full queue applies its policy and counts the loss).
+pub trait EventPort {
+    /// Announce `event` without waiting.
+    fn announce(&self, event: SwitchEvent);
+}
+
+impl<M: RawMutex, const N: usize> EventPort for Queue<M, SwitchEvent, N> {
+    fn announce(&self, event: SwitchEvent) {
+        let _ = self.offer(event);
     }
 }
 

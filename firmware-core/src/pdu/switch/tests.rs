@@ -748,13 +748,14 @@ mod runner {
             crate::pdu::health::Heartbeats::new();
         let log: Queue<NoopRawMutex, crate::pdu::logger::LogEvent, 8> =
             Queue::new(FullPolicy::DropOldest);
+        let events: Queue<NoopRawMutex, SwitchEvent, 8> = Queue::new(FullPolicy::DropOldest);
         let links = SwitchLinks {
             requests: &requests,
             replies: [None, Some(&console), None, None, None],
             currents: &currents,
             aux: &aux,
             published: &published,
-            events: None,
+            events: Some(&events),
             heartbeat: Some((&beats, crate::pdu::health::TaskId::SWITCH)),
             log: Some(&log),
         };
@@ -803,6 +804,22 @@ mod runner {
             published.try_get().map(|s| s.ocp.state),
             Some(OcpState::Lockout)
         );
+        let announced: StdVec<SwitchEvent> = core::iter::from_fn(|| events.try_receive()).collect();
+        assert_eq!(
+            announced.first(),
+            Some(&SwitchEvent::StateChanged {
+                state: SwitchState::Ready,
+                fault_code: 0
+            })
+        );
+        assert!(announced.iter().any(|e| matches!(
+            e,
+            SwitchEvent::OverCurrent {
+                state: OcpState::Lockout,
+                tripped: Some(o),
+                ..
+            } if *o == ch(3)
+        )));
     }
 
     fn currents_of(a: f32) -> [f32; CHANNELS] {
