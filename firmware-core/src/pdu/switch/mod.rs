@@ -618,7 +618,8 @@ impl SwitchCore {
                     } else {
                         // Put it back where it was, so order among deferred requests is kept.
                         let back = Deferred { ready_at, ..d };
-                        if self.deferred.insert(i, back).is_err() {
+                        let at = i.min(self.deferred.len());
+                        if self.deferred.insert(at, back).is_err() {
                             self.reply(&d.ask, SwitchStatus::Busy, why);
                         } else {
                             i += 1;

@@ -206,6 +206,13 @@ impl Harness {
             !(switched_on && state == SwitchState::FaultSafe),
             "switched on in FAULT_SAFE: {new:?}"
         );
+        if state == SwitchState::FaultSafe {
+            let outside = self.core.relays().0 & !self.policy.safe_mask.0;
+            prop_assert!(
+                outside == 0,
+                "FAULT_SAFE keeps outlets {outside:#010b} outside SAFE_MASK on"
+            );
+        }
         if self.core.relays_written() == Some(self.core.relays()) {
             self.safety_pending = false;
         }
