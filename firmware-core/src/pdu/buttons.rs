@@ -516,4 +516,50 @@ mod tests {
         );
         assert_eq!(task.busy(), 1);
     }
+
+    proptest::proptest! {
+        /// Contact bounce (never three pressed samples in a row) produces no action at all.
+        #[test]
+        fn bounce_never_produces_an_action(samples in proptest::collection::vec(0u8..16, 1..400)) {
+            let mut core = buttons();
+            let mut run = [0u8; 4];
+            let mut t = 0;
+            for pins in samples {
+                // Break any run of three pressed samples of a button.
+                let mut pins = pins;
+                for (b, r) in run.iter_mut().enumerate() {
+                    if pins & (1 << b) != 0 {
+                        if *r == 2 {
+                            pins &= !(1 << b);
+                            *r = 0;
+                        } else {
+                            *r += 1;
+                        }
+                    } else {
+                        *r = 0;
+                    }
+                }
+                core.handle_scan(pins, Instant::from_millis(t));
+                t += 10;
+            }
+            proptest::prop_assert!(drain(&mut core).is_empty());
+        }
+
+        /// Each debounced SET press gives exactly one toggle, whatever the hold time below the
+        /// long-press threshold.
+        #[test]
+        fn each_clean_short_press_toggles_once(holds in proptest::collection::vec(30u64..2_400, 1..10)) {
+            let mut core = buttons();
+            let mut t = 0;
+            let mut toggles = 0;
+            for h in &holds {
+                for i in press(&mut core, &mut t, SET, *h) {
+                    if matches!(i, ButtonIntent::Switch(r) if r.op == SwitchOp::Toggle) {
+                        toggles += 1;
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(toggles, holds.len());
+        }
+    }
 }

@@ -13,6 +13,11 @@
 //!   read-modify-write of a few bits ([`Mcp23017::update_port`]) without reading the chip.
 //! * Each access is tried up to [`Mcp23017::retries`] times (3 by default, as on ENERGIS).
 //!
+//! Hand-written rather than taken from a crate (`port-expander`, `mcp230xx`): those are blocking
+//! embedded-hal drivers with their own access patterns, while the twin's simulated MCP23017 is
+//! checked against the ENERGIS bus traffic, so this driver reproduces it transaction for
+//! transaction on `embedded_hal_async`.
+//!
 //! I2C errors are values: every failed attempt is counted in [`McpStats`] and the last failure is
 //! returned as [`McpError`]; nothing here panics. Deciding what a run of errors means
 //! (`FAULT_SAFE`) is SwitchTask's business, not the driver's.
