@@ -45,10 +45,10 @@ impl LiveControl {
     }
 
     fn wake(&self) {
-        if let Ok(t) = self.shared.thread.lock() {
-            if let Some(t) = t.as_ref() {
-                t.unpark();
-            }
+        if let Ok(t) = self.shared.thread.lock()
+            && let Some(t) = t.as_ref()
+        {
+            t.unpark();
         }
     }
 
@@ -135,7 +135,8 @@ impl Pacer {
                 continue;
             }
             let elapsed = std::time::Instant::now().saturating_duration_since(wall0);
-            let virt_now = virt0 + Duration::from_micros((elapsed.as_secs_f64() * 1e6 * speed) as u64);
+            let virt_now =
+                virt0 + Duration::from_micros((elapsed.as_secs_f64() * 1e6 * speed) as u64);
             if virt_now >= target {
                 return target;
             }
