@@ -4,7 +4,11 @@
 //! priority; every network task reads it and throttles itself. This module holds the vocabulary
 //! the pump tasks share; each task lives in its own submodule.
 
+pub mod arch;
+pub mod command;
 pub mod governor;
+pub mod outbox;
+pub mod stats;
 
 use core::fmt;
 
