@@ -9,6 +9,8 @@ pub mod command;
 pub mod governor;
 pub mod outbox;
 pub mod stats;
+pub mod status;
+pub mod ws;
 
 use core::fmt;
 
