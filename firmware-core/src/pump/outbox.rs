@@ -211,6 +211,39 @@ impl Message {
     }
 }
 
+/// An alarm on [`topic::ALARM`] (emergency lane, QoS 1):
+/// `{"eventType":"EMERGENCY_STOP","trigger":"Button","timestamp":1234}` (ms since boot).
+///
+/// The E-stop handler pushes this into the [`SharedOutbox`] (never publishes itself); the MQTT
+/// task sends it ahead of everything queued. Characters of `event_type` / `trigger` that would
+/// need JSON escaping are replaced by `_`; names longer than the payload are cut.
+pub fn alarm_message(event_type: &str, trigger: &str, now: Instant) -> Message {
+    let mut s: heapless::String<PAYLOAD_MAX> = heapless::String::new();
+    let r: fmt::Result = (|| {
+        s.write_str("{\"eventType\":\"")?;
+        super::stats::write_json_safe(&mut s, event_type)?;
+        s.write_str("\",\"trigger\":\"")?;
+        super::stats::write_json_safe(&mut s, trigger)?;
+        write!(s, "\",\"timestamp\":{}}}", now.as_millis())
+    })();
+    if r.is_err() {
+        s.clear();
+        let _ = write!(
+            s,
+            "{{\"eventType\":\"ALARM\",\"timestamp\":{}}}",
+            now.as_millis()
+        );
+    }
+    Message {
+        topic: fixed_topic(topic::ALARM),
+        payload: heapless::Vec::from_slice(s.as_bytes()).unwrap_or_default(),
+        qos: MqttQos::AtLeastOnce,
+        retain: false,
+        lane: Lane::Emergency,
+        kind: Kind::Event,
+    }
+}
+
 /// Identity of a queued message, for [`Outbox::sent`] / [`Outbox::failed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -1168,6 +1201,25 @@ mod tests {
         };
         let m = h.to_message();
         assert!(m.payload.ends_with(b"\"warning\":false}"));
+    }
+
+    #[test]
+    fn alarm_message_is_an_emergency_event_with_the_sketch_fields() {
+        let m = alarm_message("EMERGENCY_STOP", "Button", ms(1234));
+        assert_eq!(
+            (m.topic.as_str(), m.lane, m.kind),
+            (topic::ALARM, Lane::Emergency, Kind::Event)
+        );
+        assert_eq!(
+            core::str::from_utf8(&m.payload).unwrap(),
+            r#"{"eventType":"EMERGENCY_STOP","trigger":"Button","timestamp":1234}"#
+        );
+        let long = "x".repeat(2 * PAYLOAD_MAX);
+        let m = alarm_message(&long, "\"", ms(1));
+        assert_eq!(
+            core::str::from_utf8(&m.payload).unwrap(),
+            r#"{"eventType":"ALARM","timestamp":1}"#
+        );
     }
 
     #[test]

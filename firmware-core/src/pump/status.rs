@@ -17,6 +17,7 @@ use embassy_futures::select::select;
 use embassy_sync::blocking_mutex::raw::RawMutex;
 use embassy_sync::watch::{DynAnonReceiver, Receiver};
 
+use super::command::HttpReply;
 use super::governor::{Governor, Priority, Transition};
 use super::outbox::{Lane, Message, PAYLOAD_MAX, SharedOutbox, fixed_topic, topic};
 use super::stats::{PlatformStats, StatsReport, write_json_safe};
@@ -199,6 +200,15 @@ impl StatusReport<'_> {
             self.stats.write_tasks_json(w)?;
         }
         w.write_char('}')
+    }
+
+    /// The `GET /api/status` reply (200); the task list is left out if it does not fit.
+    pub fn http_reply(&self) -> HttpReply {
+        let full = HttpReply::json(200, |w| self.write_json(w, true));
+        if full.code == 200 {
+            return full;
+        }
+        HttpReply::json(200, |w| self.write_json(w, false))
     }
 
     /// As a retained message: the emergency lane in EMERGENCY, else the normal lane. When the
@@ -470,6 +480,9 @@ mod tests {
         let m = r.to_message();
         let json = core::str::from_utf8(&m.payload).unwrap();
         assert!(json.ends_with("\"freeHeap\":null}"), "{json}");
+        let reply = r.http_reply();
+        assert_eq!(reply.code, 200);
+        assert!(reply.body.ends_with("\"freeHeap\":null}"));
     }
 
     #[derive(Default)]
