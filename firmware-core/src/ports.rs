@@ -78,7 +78,8 @@ pub enum MqttQos {
 /// * The caller always drives the future to completion (it is never raced against a timeout),
 ///   so the port need not be cancel-safe.
 pub trait MqttPort {
-    /// Why a publish failed; logged by the caller, never inspected.
+    /// Why a publish failed. The caller only counts failures and retries; the port logs the
+    /// details itself (so the type need not be `defmt::Format`).
     type Error: core::fmt::Debug;
 
     /// Publish `payload` on `topic`.

@@ -49,7 +49,6 @@ pub type RecipeName = heapless::String<RECIPE_NAME_MAX>;
 
 /// What a user asked the pump controller to do.
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Command {
     /// Dose one volume through one pump.

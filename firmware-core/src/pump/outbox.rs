@@ -853,8 +853,10 @@ where
                 let now = self.clock.now();
                 match r {
                     Ok(()) => self.outbox.with(|o| o.sent(q.id, now)),
-                    Err(e) => {
-                        warn!("mqtt: publish to {} failed: {:?}", m.topic.as_str(), e);
+                    Err(_) => {
+                        // The port logs its own error details: `P::Error` need not be
+                        // `defmt::Format`.
+                        warn!("mqtt: publish to {} failed, will retry", m.topic.as_str());
                         self.outbox.with(|o| o.failed(q.id, now));
                     }
                 }
