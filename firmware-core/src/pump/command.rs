@@ -925,7 +925,7 @@ mod tests {
     proptest! {
         #[test]
         fn command_parser_rejects_arbitrary_bytes_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = parse_command(&bytes, &Limits::DEFAULT, RECIPES);
+            prop_assert!(parse_command(&bytes, &Limits::DEFAULT, RECIPES).is_err());
         }
 
         #[test]
@@ -935,7 +935,8 @@ mod tests {
 
         #[test]
         fn http_handler_rejects_arbitrary_bytes_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-            let _ = handle_http(&bytes, &RestConfig::default(), RECIPES);
+            let outcome = handle_http(&bytes, &RestConfig::default(), RECIPES);
+            prop_assert!(!matches!(outcome, HttpOutcome::Execute(..)));
         }
 
         #[test]
@@ -951,7 +952,10 @@ mod tests {
             if let Some(n) = clen { req.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()); }
             req.extend_from_slice(b"\r\n");
             req.extend_from_slice(&body);
-            let _ = handle_http(&req, &RestConfig::default(), RECIPES);
+            let outcome = handle_http(&req, &RestConfig::default(), RECIPES);
+            if !auth {
+                prop_assert!(!matches!(outcome, HttpOutcome::Execute(..)), "control without credentials");
+            }
         }
     }
 }

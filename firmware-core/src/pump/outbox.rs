@@ -1152,6 +1152,28 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_broker_keeps_messages_bounded_and_sends_them_in_order_later() {
+        let mut o = outbox();
+        let mut now = T0;
+        for n in 0..60 {
+            let _ = o.push(normal(n), now);
+            if let Drain::Send(q) = o.poll_drain(Priority::Idle, now) {
+                let id = q.id;
+                o.failed(id, now);
+            }
+            now += Duration::from_secs(1);
+        }
+        let s = o.stats();
+        assert_eq!((o.len(), s.dropped_normal, s.sent), (50, 10, 0));
+        assert!(s.failed > 0);
+        let sent: Vec<u32> = drain(&mut o, Priority::Idle, now, now + Duration::from_secs(1))
+            .iter()
+            .map(|s| s.2)
+            .collect();
+        assert_eq!(sent, (10..60).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn health_reports_depth_drops_age_and_warns_above_80_percent() {
         let mut o: Outbox<10, 2> = Outbox::default();
         for n in 0..8 {
