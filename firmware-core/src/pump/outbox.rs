@@ -881,11 +881,39 @@ where
     }
 }
 
+/// Test support shared by the pump network modules' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
     use core::cell::Cell;
     use core::future::Future;
+
+    use crate::ports::Clock;
+    use crate::time::Instant;
+
+    /// A virtual clock whose sleeps complete at once by jumping to the deadline, so a runner's
+    /// `step()` is ready after one poll unless it waits on something else.
+    #[derive(Default)]
+    pub(crate) struct TestClock {
+        pub(crate) now: Cell<Instant>,
+    }
+
+    impl Clock for TestClock {
+        fn now(&self) -> Instant {
+            self.now.get()
+        }
+        fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
+            if deadline > self.now.get() {
+                self.now.set(deadline);
+            }
+            core::future::ready(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::TestClock;
+    use super::*;
     use embassy_sync::blocking_mutex::raw::NoopRawMutex;
     use proptest::prelude::*;
 
@@ -1315,23 +1343,6 @@ mod tests {
     }
 
     // ---- runner ----
-
-    #[derive(Default)]
-    struct TestClock {
-        now: Cell<Instant>,
-    }
-
-    impl Clock for TestClock {
-        fn now(&self) -> Instant {
-            self.now.get()
-        }
-        fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-            if deadline > self.now.get() {
-                self.now.set(deadline);
-            }
-            core::future::ready(())
-        }
-    }
 
     #[derive(Default)]
     struct TestPort {

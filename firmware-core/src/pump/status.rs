@@ -314,10 +314,9 @@ where
 mod tests {
     use super::*;
     use crate::pump::governor::Reason;
+    use crate::pump::outbox::testing::TestClock;
     use crate::pump::outbox::{Drain, DrainConfig};
     use crate::pump::stats::{NoStats, TaskStats};
-    use core::cell::Cell;
-    use core::future::Future;
     use embassy_sync::blocking_mutex::raw::NoopRawMutex;
     use embassy_sync::watch::Watch;
 
@@ -483,23 +482,6 @@ mod tests {
         let reply = r.http_reply();
         assert_eq!(reply.code, 200);
         assert!(reply.body.ends_with("\"freeHeap\":null}"));
-    }
-
-    #[derive(Default)]
-    struct TestClock {
-        now: Cell<Instant>,
-    }
-
-    impl Clock for TestClock {
-        fn now(&self) -> Instant {
-            self.now.get()
-        }
-        fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-            if deadline > self.now.get() {
-                self.now.set(deadline);
-            }
-            core::future::ready(())
-        }
     }
 
     #[test]

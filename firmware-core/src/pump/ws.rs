@@ -246,7 +246,7 @@ mod tests {
     use super::*;
     use crate::pump::PumpStatus;
     use crate::pump::governor::Reason;
-    use core::cell::Cell;
+    use crate::pump::outbox::testing::TestClock;
     use embassy_sync::blocking_mutex::raw::NoopRawMutex;
     use embassy_sync::watch::Watch;
     use proptest::prelude::*;
@@ -349,23 +349,6 @@ mod tests {
         #[test]
         fn ws_commands_reject_arbitrary_bytes_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = WsSession { control: true }.handle_text(&bytes, &Limits::DEFAULT, &[]);
-        }
-    }
-
-    #[derive(Default)]
-    struct TestClock {
-        now: Cell<Instant>,
-    }
-
-    impl Clock for TestClock {
-        fn now(&self) -> Instant {
-            self.now.get()
-        }
-        fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> {
-            if deadline > self.now.get() {
-                self.now.set(deadline);
-            }
-            core::future::ready(())
         }
     }
 
