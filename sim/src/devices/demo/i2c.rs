@@ -67,7 +67,10 @@ impl I2cDemoSpec {
     pub fn parse(table: &toml::Table) -> Result<Self, String> {
         let spec: I2cDemoSpec = from_table(table)?;
         if spec.address > 0x7F {
-            return Err(format!("address {:#x} is not a 7-bit address", spec.address));
+            return Err(format!(
+                "address {:#x} is not a 7-bit address",
+                spec.address
+            ));
         }
         if spec.period == Duration::ZERO {
             return Err("period must be above zero".to_owned());
@@ -117,7 +120,9 @@ impl DeviceSpec for I2cDemoSpec {
         match verb {
             "nack" => from_table::<Nack>(params)?.check(),
             "stuck" => from_table::<Stuck>(params).map(|_| ()),
-            other => Err(format!("demo.i2c has no action `{other}` (actions: nack, stuck)")),
+            other => Err(format!(
+                "demo.i2c has no action `{other}` (actions: nack, stuck)"
+            )),
         }
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Frame: `0x7E seq len payload… sum`, where `sum` is the low byte of the sum of `seq`, `len`
 //! and the payload. The receiver resynchronises on `0x7E`, checks the sum and the sequence, and
-//! traces `rx ok`, `rx bad checksum` and `rx gap` events; `<device>.latency_us` samples the time
+//! traces `rx ok`, `rx bad checksum` and `rx gap` events. It also knows what the sender sent, so
+//! a frame that passes the sum but differs is traced as `rx undetected corruption`; `<device>.latency_us` samples the time
 //! from the sender's write to the frame's last byte being read.
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -102,13 +103,21 @@ impl UartDemoSpec {
     fn config(&self) -> Result<UartConfig, String> {
         let f = self.format.as_bytes();
         let [data, parity, stop] = f else {
-            return Err(format!("format `{}`: expected e.g. 8N1 or 8E1", self.format));
+            return Err(format!(
+                "format `{}`: expected e.g. 8N1 or 8E1",
+                self.format
+            ));
         };
         let parity = match parity {
             b'N' => Parity::None,
             b'E' => Parity::Even,
             b'O' => Parity::Odd,
-            _ => return Err(format!("format `{}`: parity must be N, E or O", self.format)),
+            _ => {
+                return Err(format!(
+                    "format `{}`: parity must be N, E or O",
+                    self.format
+                ));
+            }
         };
         let config = UartConfig {
             baud: self.baud,
@@ -155,19 +164,17 @@ impl DeviceSpec for UartDemoSpec {
     }
 
     fn build(&self, name: &str, kernel: &mut Kernel) -> Box<dyn Device> {
-        let config = self.config().unwrap_or_else(|_| UartConfig::new_8n1(115_200));
+        let config = self
+            .config()
+            .unwrap_or_else(|_| UartConfig::new_8n1(115_200));
         let counters = Rc::new(Counters::default());
         let sent_at: Rc<RefCell<BTreeMap<u8, Instant>>> = Rc::default();
         let core = kernel.add_core(format!("{name}.mcu"));
         let link = match uart::link(kernel, name, config) {
             Ok((link, mut tx, mut rx)) => {
                 let clock = kernel.clock();
-                let (c, s, period, len) = (
-                    counters.clone(),
-                    sent_at.clone(),
-                    self.period,
-                    self.payload,
-                );
+                let (c, s, period, len) =
+                    (counters.clone(), sent_at.clone(), self.period, self.payload);
                 kernel
                     .spawn(TaskSpec::world(format!("{name}.sender")), async move {
                         let mut seq: u8 = 0;
@@ -224,6 +231,9 @@ impl DeviceSpec for UartDemoSpec {
                                             c.bad.set(c.bad.get() + 1);
                                             tracer.record(&source, format!("rx bad checksum seq={seq}"));
                                         }
+                                        Outcome::Undetected(seq) => {
+                                            tracer.record(&source, format!("rx undetected corruption seq={seq}"));
+                                        }
                                     }
                                 }
                             }
@@ -249,6 +259,7 @@ fn encode(seq: u8, len: u8) -> Vec<u8> {
 enum Outcome {
     Ok(u8),
     Bad(u8),
+    Undetected(u8),
 }
 
 /// Byte-at-a-time frame parser with resynchronisation on the start mark.
@@ -275,10 +286,14 @@ impl Parser {
         let seq = frame[1];
         let body = &frame[1..frame.len() - 1];
         let sum = body.iter().fold(0u8, |a, b| a.wrapping_add(*b));
-        Some(if Some(&sum) == frame.last() {
-            Outcome::Ok(seq)
-        } else {
+        Some(if Some(&sum) != frame.last() {
             Outcome::Bad(seq)
+        } else if frame != encode(seq, frame[2]) {
+            // The sum matched but the bytes are not what was sent: a corruption the 8-bit sum
+            // let through.
+            Outcome::Undetected(seq)
+        } else {
+            Outcome::Ok(seq)
         })
     }
 
