@@ -531,10 +531,11 @@ impl SwitchCore {
     /// (deferred, or waiting for the relay write) later.
     pub fn handle_request(&mut self, req: SwitchRequest, now: Instant) {
         trace!(
-            "switch: request {} from {} tok {}",
+            "switch: request {} from {} tok {} tag {}",
             op_name(req.op),
             req.source.rank(),
-            req.token
+            req.token,
+            req.policy_tag
         );
         self.admit(req, now);
     }
