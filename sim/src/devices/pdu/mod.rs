@@ -11,6 +11,7 @@
 //! the scenario's SNMP manager, [`parts`] the simulated parts. The scenario vocabulary (options,
 //! actions, states) is documented in `scenarios/README.md`.
 pub mod firmware;
+pub mod live;
 pub mod net;
 pub mod parts;
 
@@ -500,6 +501,23 @@ pub struct Pdu {
 }
 
 impl Pdu {
+    /// Build the device for `spec` on `kernel`; `image`, if given, replaces the whole EEPROM
+    /// content (the live twin's saved state).
+    pub fn build_with(
+        spec: &PduSpec,
+        name: &str,
+        kernel: &mut Kernel,
+        image: Option<&[u8]>,
+    ) -> Pdu {
+        let config = spec.config().unwrap_or_default();
+        let priorities = spec.priorities().unwrap_or_default();
+        let pdu = Pdu::build(spec, name, kernel, config, &priorities);
+        if let Some(image) = image {
+            pdu.sh.parts.eeprom.borrow_mut().program(0, image);
+        }
+        pdu
+    }
+
     fn build(
         spec: &PduSpec,
         name: &str,

@@ -171,8 +171,12 @@ impl Eeprom {
 
     /// Write `bytes` at `at` directly (factory programming).
     pub fn program(&mut self, at: usize, bytes: &[u8]) {
-        if let Some(dst) = self.mem.get_mut(at..at + bytes.len()) {
-            dst.copy_from_slice(bytes);
+        let end = (at + bytes.len()).min(self.mem.len());
+        if let (Some(dst), Some(src)) = (
+            self.mem.get_mut(at..end),
+            bytes.get(..end.saturating_sub(at)),
+        ) {
+            dst.copy_from_slice(src);
         }
     }
 
