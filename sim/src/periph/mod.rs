@@ -5,5 +5,10 @@
 //! (routing by 7-bit address to simulated parts, bit timing at the bus speed, NACK and stuck-bus
 //! injection). Both run on the kernel's virtual clock and expose the ecosystem traits
 //! (`embedded_io_async`, `embedded_hal_async::i2c::I2c`), so firmware drivers use them unchanged.
+//!
+//! The parts on them follow their datasheets: the ENERGIS PDU's [`mcp23017`] expanders and
+//! [`eeprom`] (CAT24C256).
+pub mod eeprom;
 pub mod i2c;
+pub mod mcp23017;
 pub mod uart;
