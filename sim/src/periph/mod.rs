@@ -6,9 +6,10 @@
 //! injection). Both run on the kernel's virtual clock and expose the ecosystem traits
 //! (`embedded_io_async`, `embedded_hal_async::i2c::I2c`), so firmware drivers use them unchanged.
 //!
-//! The parts on them follow their datasheets: the ENERGIS PDU's [`mcp23017`] expanders and
-//! [`eeprom`] (CAT24C256).
+//! The parts on them follow their datasheets: the ENERGIS PDU's [`mcp23017`] expanders,
+//! [`eeprom`] (CAT24C256) and [`hlw8032`] power meters behind their mux.
 pub mod eeprom;
+pub mod hlw8032;
 pub mod i2c;
 pub mod mcp23017;
 pub mod uart;
