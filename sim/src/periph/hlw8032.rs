@@ -67,6 +67,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::mcp23017::{PinLevels, Port};
+use super::panel::Relays;
 use super::uart::UartPort;
 use crate::kernel::{JoinHandle, Kernel, SimClock, TaskSpec, Tracer};
 
@@ -225,6 +226,18 @@ impl BankWiring {
         BankWiring {
             mux: Box::new(move || p.port(Port::B)),
             powered: Box::new(move |ch| ch < 8 && pins.port(Port::A) & (1 << ch) != 0),
+        }
+    }
+}
+
+impl BankWiring {
+    /// Mux from port B of the relay expander's pins, outlets powered while their relay contact
+    /// is closed (settle time included): the ENERGIS wiring
+    /// (`BankWiring::with_relays(relay_mcp.borrow().pins(), relays.clone())`).
+    pub fn with_relays(pins: PinLevels, relays: Relays) -> Self {
+        BankWiring {
+            mux: Box::new(move || pins.port(Port::B)),
+            powered: Box::new(move |ch| relays.is_closed(ch)),
         }
     }
 }
@@ -1022,6 +1035,80 @@ mod tests {
             ..ChipCoefficients::default()
         };
         assert!(r.bank.set_coefficients(0, bad).is_err());
+    }
+
+    #[test]
+    fn the_relay_expander_selects_the_chip_and_its_relay_gates_the_load() {
+        use crate::periph::i2c::{FAST_MODE_HZ, I2cBus};
+        use crate::periph::mcp23017::Mcp23017;
+        use crate::periph::panel::{RELAY_SETTLE, Relays};
+        use embedded_hal_async::i2c::I2c;
+
+        let mut k = Kernel::new(9);
+        let bus = I2cBus::new(&k, "i2c1", FAST_MODE_HZ).expect("bus");
+        let mcp = Mcp23017::new(&k, "mcp20")
+            .attach(&bus, 0x20)
+            .expect("attach");
+        let relays = Relays::new(&k, "relays", RELAY_SETTLE);
+        relays.wire(&mut mcp.borrow_mut(), Port::A);
+        relays.spawn(&mut k).detach();
+        let pins = mcp.borrow().pins();
+        let bank = Hlw8032Bank::new(&k, "hlw", BankWiring::with_relays(pins, relays.clone()));
+        bank.set_load(2, 500.0, 1.0).expect("load");
+        let (_link, mut mcu, chip_side) =
+            uart::link(&k, "meter", UartConfig::new_8e1(4800)).expect("link");
+        bank.spawn(&mut k, chip_side).detach();
+        let frames: FrameLog = Rc::default();
+        let f = frames.clone();
+        let clock = k.clock();
+        k.spawn(TaskSpec::world("mcu"), async move {
+            let mut sync = FrameSync::new();
+            let mut buf = [0u8; FRAME_LEN];
+            loop {
+                let Ok(n) = mcu.read(&mut buf).await;
+                for b in &buf[..n] {
+                    if let Some(frame) = sync.push(*b) {
+                        f.borrow_mut().push((clock.now(), frame));
+                    }
+                }
+            }
+        })
+        .detach();
+        // ENERGIS init: byte mode, all outputs; then outlet 3 on and the mux on chip 2.
+        let mut b = bus.clone();
+        let c = k.clock();
+        k.spawn(TaskSpec::world("switch"), async move {
+            for w in [
+                [0x0A, 0x20],
+                [0x00, 0x00],
+                [0x01, 0x00],
+                [0x15, 0x02],
+                [0x14, 0x04],
+            ] {
+                let _ = b.write(0x20, &w).await;
+            }
+            c.sleep_until(Instant::from_millis(500)).await;
+            let _ = b.write(0x20, &[0x14, 0x00]).await;
+        })
+        .detach();
+        k.run_until(Instant::from_millis(1_000));
+        let frames = frames.borrow();
+        let at = |t: u64| {
+            frames
+                .iter()
+                .filter(|(at, _)| *at > Instant::from_millis(t))
+                .map(|(_, f)| *f)
+                .next()
+                .expect("a frame")
+        };
+        // The first frame starts at 0, before the relay settles: no load yet.
+        assert_eq!(at(0)[0], 0xF2);
+        let on = Measurement::parse_bytes(&at(100))
+            .expect("valid")
+            .reading(&CAL);
+        near(on.power_w, 500.0, 1.0);
+        assert_eq!(at(600)[0], 0xF2, "relay opened at 510 ms");
+        assert_eq!(bank.selected(), Some(2));
     }
 
     #[test]
