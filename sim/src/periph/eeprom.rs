@@ -296,6 +296,10 @@ impl Cat24c256 {
             written += 1;
         }
         self.stats.bytes_programmed += written;
+        self.tracer.record(
+            &self.name,
+            format!("write cycle 0x{:04x} {written} bytes", bytes[0].0),
+        );
         if written > 0 {
             self.dirty = true;
         }

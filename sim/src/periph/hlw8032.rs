@@ -601,6 +601,13 @@ impl Hlw8032Bank {
         Ok(())
     }
 
+    /// Outlet `ch`'s configured load as (watts, power factor), drawn or not.
+    pub fn load(&self, ch: usize) -> Result<(f64, f64), HlwError> {
+        let mut st = self.state.borrow_mut();
+        let chip = st.chip(ch)?;
+        Ok((chip.load_w, chip.pf))
+    }
+
     /// Mains voltage (RMS) and the ± range of its per-frame noise.
     pub fn set_voltage(&self, volts: f64, noise_v: f64) -> Result<(), HlwError> {
         for v in [volts, noise_v] {
@@ -1109,6 +1116,29 @@ mod tests {
         near(on.power_w, 500.0, 1.0);
         assert_eq!(at(600)[0], 0xF2, "relay opened at 510 ms");
         assert_eq!(bank.selected(), Some(2));
+    }
+
+    proptest::proptest! {
+        /// Any load an outlet can carry (up to 16 A), decoded by the firmware's codec, reads
+        /// back what was configured within the REGs' resolution.
+        #[test]
+        fn the_firmware_decodes_any_realistic_load(
+            volts in 90.0f64..260.0,
+            amps in 0.05f64..16.0,
+            pf in 0.3f64..=1.0,
+        ) {
+            let watts = volts * amps * pf;
+            proptest::prop_assume!(watts >= MIN_UPDATED_POWER_W);
+            let mut chip = Chip::new(ChipCoefficients::default());
+            chip.load_w = watts;
+            chip.pf = pf;
+            let frame = chip.tick(volts, true, FRAME_PERIOD).frame();
+            let rd = Measurement::parse_bytes(&frame).expect("valid").reading(&CAL);
+            proptest::prop_assert!((f64::from(rd.voltage_v) - volts).abs() <= volts * 0.002);
+            proptest::prop_assert!((f64::from(rd.power_w) - watts).abs() <= watts * 0.002);
+            proptest::prop_assert!((f64::from(rd.current_a) - amps).abs() <= amps * 0.002 + 0.001);
+            proptest::prop_assert!((f64::from(rd.power_factor) - pf).abs() <= 0.01);
+        }
     }
 
     #[test]
