@@ -180,7 +180,8 @@ impl Cat24c256 {
         Ok(part)
     }
 
-    /// Write the array to its image file. Clears [`Self::is_dirty`].
+    /// Write the array to its image file, creating its folder if needed. Clears
+    /// [`Self::is_dirty`].
     pub fn save(&mut self) -> Result<(), EepromFileError> {
         let Some(path) = self.path.clone() else {
             return Err(EepromFileError::NoFile);
@@ -192,6 +193,9 @@ impl Cat24c256 {
             path: path.clone(),
             source,
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
         std::fs::write(&tmp, &self.mem).map_err(io)?;
         std::fs::rename(&tmp, &path).map_err(io)?;
         self.dirty = false;
@@ -651,5 +655,79 @@ mod tests {
         // Three chunks (16 + 64 + 20 bytes), each waited out by polling.
         assert_eq!(ee.borrow().stats().write_cycles, 3);
         assert!(busy_polls >= 3 * 19, "{busy_polls} busy polls");
+    }
+
+    /// Run the firmware's StorageTask core on `bus`: load, then save `saves` configurations
+    /// (ignoring errors); returns what load found.
+    fn storage_run(
+        k: &mut Kernel,
+        bus: &I2cBus,
+        saves: Vec<firmware_core::pdu::config::PduConfig>,
+    ) -> firmware_core::pdu::storage::Loaded {
+        use firmware_core::pdu::storage::Storage;
+        let out = Rc::new(RefCell::new(None));
+        let o = out.clone();
+        let (bus, clock) = (bus.clone(), k.clock());
+        k.spawn(TaskSpec::world("storage"), async move {
+            let mut storage = Storage::new(Driver::new(bus, clock, A));
+            let loaded = storage.load().await;
+            for c in &saves {
+                let _ = storage.save(c).await;
+            }
+            *o.borrow_mut() = Some(loaded);
+        })
+        .detach();
+        k.run_for(Duration::from_secs(2));
+        out.take().expect("storage finished")
+    }
+
+    #[test]
+    fn a_power_cut_in_a_save_keeps_the_previous_configuration_across_a_restart() {
+        use firmware_core::pdu::config::PduConfig;
+        use firmware_core::pdu::storage::{LoadSource, Slot};
+        let dir = std::env::temp_dir().join(format!("twinbench-storage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp dir");
+        let path = dir.join("pdu.bin");
+        let _ = std::fs::remove_file(&path);
+        let first = PduConfig::default();
+        let mut second = PduConfig::default();
+        second.network.ip = [10, 0, 0, 7];
+
+        let mut k = Kernel::new(4);
+        let bus = I2cBus::new(&k, "i2c1", FAST_MODE_HZ).expect("bus");
+        let ee = Cat24c256::open(&k, "eeprom", &path)
+            .expect("open")
+            .attach(&bus, A)
+            .expect("attach");
+        // Save 1 goes whole to slot A; save 2 (slot B) is cut 100 bytes in.
+        let fresh = storage_run(&mut k, &bus, vec![first.clone()]);
+        assert!(matches!(fresh.source, LoadSource::Defaults(_)));
+        ee.borrow_mut().cut_power_after(100);
+        storage_run(&mut k, &bus, vec![second]);
+        assert!(!ee.borrow().is_powered());
+        ee.borrow_mut().save().expect("save image");
+
+        // Next run: the part comes back from its file.
+        let mut k = Kernel::new(4);
+        let bus = I2cBus::new(&k, "i2c1", FAST_MODE_HZ).expect("bus");
+        Cat24c256::open(&k, "eeprom", &path)
+            .expect("reopen")
+            .attach(&bus, A)
+            .expect("attach");
+        let loaded = storage_run(&mut k, &bus, vec![]);
+        assert_eq!(loaded.config, first);
+        assert!(
+            matches!(
+                loaded.source,
+                LoadSource::Stored {
+                    slot: Slot::A,
+                    seq: 1,
+                    ..
+                }
+            ),
+            "{:?}",
+            loaded.source
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
