@@ -177,6 +177,7 @@ impl Power {
         })
         .await
     }
+    /// Wait for power, as the boot task does.
     async fn powered(&self) -> u64 {
         self.until(|p| p.on.get().then(|| p.generation.get())).await
     }
@@ -245,8 +246,6 @@ pub struct Shared {
     tokens: Cell<u32>,
     reboot: Cell<bool>,
     reboot_wakers: RefCell<Vec<Waker>>,
-    /// Lowest-level EEPROM image written for the scenario's stored configuration.
-    pub initial: PduConfig,
 }
 
 type StorageBox = Storage<I2cBus, SimClock>;
@@ -499,6 +498,7 @@ pub fn spawn_device(kernel: &mut Kernel, sh: Rc<Shared>, priorities: &[(String, 
                 .await;
                 power_off(&s);
                 s.clock.sleep(Duration::from_millis(100)).await;
+                s.parts.eeprom.borrow_mut().power_on();
                 s.power.switch(true);
             }
         })
@@ -533,11 +533,11 @@ fn power_off(sh: &Rc<Shared>) {
     sh.hung.borrow_mut().clear();
     sh.net_inbox.clear();
     sh.console_inbox.clear();
-    sh.parts.relay.borrow_mut().power_on_reset();
-    sh.parts.display.borrow_mut().power_on_reset();
-    sh.parts.selection.borrow_mut().power_on_reset();
-    sh.parts.eeprom.borrow_mut().power_off();
-    sh.parts.eeprom.borrow().cut_fired.set(false);
+    // The expanders lose power: every pin back to its power-on state (relays drop out).
+    sh.parts.relay.borrow_mut().reset();
+    sh.parts.display.borrow_mut().reset();
+    sh.parts.selection.borrow_mut().reset();
+    sh.parts.eeprom.borrow_mut().set_power(false);
     sh.telemetry.set([ChannelTelemetry::default(); CHANNELS]);
     sh.record("power", "off");
 }
@@ -776,10 +776,11 @@ async fn health_task(sh: Rc<Shared>, b: &'static Board) {
 
 async fn button_task(sh: Rc<Shared>, b: &'static Board) {
     let cfg = sh.config.borrow().clone();
-    let panel = sh.parts.panel.clone();
+    let buttons = sh.parts.buttons.clone();
     let mut task = ButtonTask::new(
         ButtonCore::new(&cfg.buttons),
-        move || panel.pressed.get(),
+        // GPIO levels are active low; the firmware's sampler wants bit = pressed.
+        move || !buttons.levels() & 0x0F,
         sh.clock.clone(),
         &b.switch_q,
         &b.aux,
@@ -865,7 +866,7 @@ pub fn new_shared(
         board: Cell::new(None),
         switch_core: RefCell::new(None),
         storage_slot: RefCell::new(None),
-        config: RefCell::new(initial.clone()),
+        config: RefCell::new(initial),
         config_source: RefCell::new(String::new()),
         telemetry: Cell::new([ChannelTelemetry::default(); CHANNELS]),
         net_inbox: Arc::new(Inbox::new(net_queue)),
@@ -883,6 +884,5 @@ pub fn new_shared(
         tokens: Cell::new(0),
         reboot: Cell::new(false),
         reboot_wakers: RefCell::new(Vec::new()),
-        initial,
     })
 }

@@ -25,10 +25,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::net::{ConsoleInput, Inbox, NetInput, ReplyTo};
-use super::parts::Eeprom;
 use super::{Pdu, PduSpec};
 use crate::kernel::Kernel;
 use crate::live::{LiveContext, LiveHandle, LiveTwin};
+use crate::periph::eeprom::Cat24c256;
 
 /// Default SNMP port (161 needs root).
 pub const SNMP_PORT: u16 = 1161;
@@ -46,7 +46,7 @@ pub struct PduTwin;
 
 /// The running live PDU: keeps the PTY open and flushes the EEPROM at shutdown.
 struct PduHandle {
-    eeprom: Rc<RefCell<Eeprom>>,
+    eeprom: Rc<RefCell<Cat24c256>>,
     state_file: Option<PathBuf>,
     _pty: Option<Pty>,
     _device: Pdu,
@@ -55,9 +55,7 @@ struct PduHandle {
 impl LiveHandle for PduHandle {
     fn shutdown(&mut self) -> anyhow::Result<()> {
         if let Some(path) = &self.state_file {
-            let image = self.eeprom.borrow().contents().to_vec();
-            std::fs::write(path, image)
-                .with_context(|| format!("writing the EEPROM image {}", path.display()))?;
+            self.eeprom.borrow_mut().save()?;
             println!("pdu: EEPROM saved to {}", path.display());
         }
         Ok(())
@@ -79,13 +77,8 @@ impl LiveTwin for PduTwin {
             }
             None => None,
         };
-        let image = match &state_file {
-            Some(p) if p.exists() => {
-                Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
-            }
-            _ => None,
-        };
-        let device = Pdu::build_with(&spec, "pdu", kernel, image.as_deref());
+        let device = Pdu::build_with(&spec, "pdu", kernel, state_file.as_deref())
+            .map_err(anyhow::Error::msg)?;
         let sh = device.shared().clone();
 
         let snmp = ctx

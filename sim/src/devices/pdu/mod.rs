@@ -21,23 +21,22 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
-use embedded_io_async::Write as _;
-use firmware_core::pdu::buttons::Button;
+use crate::periph::panel::Button;
 use firmware_core::pdu::config::{INTERLOCK_GROUPS, PduConfig};
 use firmware_core::pdu::frontend::OcpState;
 use firmware_core::pdu::storage::{SLOT_A_ADDRESS, encode};
-use firmware_core::pdu::switch::{LED_ETH, LED_FAULT, LED_PWR};
 use firmware_core::pdu::{Outlet, OutletMask};
 use firmware_core::time::Duration;
 use serde::Deserialize;
 
 use super::{Device, DeviceSpec, StateValue, from_table, serde_duration};
 use crate::kernel::{Kernel, TaskSpec};
+use crate::periph::eeprom::Cat24c256;
 use crate::periph::i2c::{FAST_MODE_HZ, I2cBus};
 use crate::periph::uart::{self, UartConfig};
 use firmware::{Costs, Shared, TASKS, new_shared, spawn_device, state_name};
 use net::{NetInput, ReplyTo, SnmpKind, encode_request, parse_oid, pdu_tag};
-use parts::{Eeprom, Load, Mcp23017Part, MeterBank, Panel, Parts, hlw_frame};
+use parts::Parts;
 
 /// The `pdu` device table. Every key is optional; configuration keys change the factory
 /// defaults of [`PduConfig`] before the configuration is stored in the EEPROM.
@@ -275,7 +274,7 @@ struct Silent {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FailWrites {
-    count: Option<u32>,
+    on: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -309,15 +308,8 @@ const ACTIONS: &str = "button.press, console, snmp.get, snmp.set, snmp.walk, htt
     snmp.flood";
 
 fn button_of(name: &str) -> Result<Button, String> {
-    match name.to_ascii_lowercase().as_str() {
-        "minus" => Ok(Button::Minus),
-        "plus" => Ok(Button::Plus),
-        "set" => Ok(Button::Set),
-        "power" | "pwr" => Ok(Button::Power),
-        other => Err(format!(
-            "button `{other}`: expected minus, plus, set or power"
-        )),
-    }
+    Button::parse(&name.to_ascii_lowercase())
+        .ok_or_else(|| format!("button `{name}`: expected minus, plus, set or power"))
 }
 
 fn outlet(n: u8) -> Result<Outlet, String> {
@@ -466,10 +458,14 @@ impl DeviceSpec for PduSpec {
     }
 
     fn build(&self, name: &str, kernel: &mut Kernel) -> Box<dyn Device> {
-        // `parse` checked everything that can fail here.
-        let config = self.config().unwrap_or_default();
-        let priorities = self.priorities().unwrap_or_default();
-        Box::new(Pdu::build(self, name, kernel, config, &priorities))
+        match Pdu::build_with(self, name, kernel, None) {
+            Ok(pdu) => Box::new(pdu),
+            // `parse` checked everything that can fail here; record it if that ever changes.
+            Err(e) => {
+                kernel.record(name, format!("cannot build: {e}"));
+                Box::new(Unbuilt)
+            }
+        }
     }
 }
 
@@ -494,6 +490,18 @@ impl Jobs {
     }
 }
 
+/// A device whose build failed (never expected after `parse`): no actions, no states.
+struct Unbuilt;
+
+impl Device for Unbuilt {
+    fn act(&mut self, verb: &str, _params: &toml::Table) -> Result<(), String> {
+        Err(format!("the device was not built, cannot `{verb}`"))
+    }
+    fn state(&self, _key: &str) -> Option<StateValue> {
+        None
+    }
+}
+
 /// A running PDU twin.
 pub struct Pdu {
     sh: Rc<Shared>,
@@ -501,21 +509,26 @@ pub struct Pdu {
 }
 
 impl Pdu {
-    /// Build the device for `spec` on `kernel`; `image`, if given, replaces the whole EEPROM
-    /// content (the live twin's saved state).
+    /// Build the device for `spec` on `kernel`. `eeprom_file`, if given, holds the EEPROM image
+    /// between runs (live mode): an existing image is used as it is; a missing one starts from
+    /// the configuration of `spec`, as a factory-programmed part.
     pub fn build_with(
         spec: &PduSpec,
         name: &str,
         kernel: &mut Kernel,
-        image: Option<&[u8]>,
-    ) -> Pdu {
-        let config = spec.config().unwrap_or_default();
-        let priorities = spec.priorities().unwrap_or_default();
-        let pdu = Pdu::build(spec, name, kernel, config, &priorities);
-        if let Some(image) = image {
-            pdu.sh.parts.eeprom.borrow_mut().program(0, image);
-        }
-        pdu
+        eeprom_file: Option<&std::path::Path>,
+    ) -> Result<Pdu, String> {
+        let config = spec.config()?;
+        let priorities = spec.priorities()?;
+        let (eeprom, fresh) = match eeprom_file {
+            Some(path) => (
+                Cat24c256::open(kernel, &format!("{name}.eeprom"), path)
+                    .map_err(|e| e.to_string())?,
+                !path.exists(),
+            ),
+            None => (Cat24c256::new(kernel, &format!("{name}.eeprom")), true),
+        };
+        Pdu::build(spec, name, kernel, config, &priorities, eeprom, fresh)
     }
 
     fn build(
@@ -524,46 +537,22 @@ impl Pdu {
         kernel: &mut Kernel,
         config: PduConfig,
         priorities: &[(String, u8)],
-    ) -> Pdu {
-        let tracer = kernel.tracer();
-        let parts = Parts {
-            relay: Rc::new(RefCell::new(Mcp23017Part::new(
-                &format!("{name}.relay"),
-                tracer.clone(),
-            ))),
-            display: Rc::new(RefCell::new(Mcp23017Part::new(
-                &format!("{name}.display"),
-                tracer.clone(),
-            ))),
-            selection: Rc::new(RefCell::new(Mcp23017Part::new(
-                &format!("{name}.selection"),
-                tracer.clone(),
-            ))),
-            eeprom: Rc::new(RefCell::new(Eeprom::new())),
-            meters: Rc::new(RefCell::new(MeterBank::default())),
-            panel: Rc::new(Panel::default()),
-        };
-        if spec.eeprom.as_deref() != Some("blank")
+        mut eeprom: Cat24c256,
+        fresh: bool,
+    ) -> Result<Pdu, String> {
+        if fresh
+            && spec.eeprom.as_deref() != Some("blank")
             && let Ok(record) = encode(&config, 1)
         {
-            parts
-                .eeprom
-                .borrow_mut()
-                .program(usize::from(SLOT_A_ADDRESS), record.as_bytes());
+            eeprom.preload(SLOT_A_ADDRESS, record.as_bytes());
         }
         let bus = |n: &str| I2cBus::new(kernel, &format!("{name}.{n}"), FAST_MODE_HZ);
-        let (Ok(i2c0), Ok(i2c1)) = (bus("i2c0"), bus("i2c1")) else {
-            unreachable!("a fast-mode bus has a non-zero clock");
-        };
-        let _ = i2c1.attach(0x20, parts.relay.clone());
-        let _ = i2c1.attach(0x50, parts.eeprom.clone());
-        let _ = i2c0.attach(0x21, parts.display.clone());
-        let _ = i2c0.attach(0x23, parts.selection.clone());
-        let Ok((_link, mcu, mut meters)) =
+        let i2c0 = bus("i2c0").map_err(|e| e.to_string())?;
+        let i2c1 = bus("i2c1").map_err(|e| e.to_string())?;
+        let (_link, mcu, meters) =
             uart::link(kernel, &format!("{name}.uart0"), UartConfig::new_8e1(4800))
-        else {
-            unreachable!("8E1 at 4800 baud is a valid line");
-        };
+                .map_err(|e| e.to_string())?;
+        let parts = Parts::build(kernel, name, &i2c0, &i2c1, meters, eeprom)?;
         let costs = Costs {
             snmp: spec.snmp_cost.unwrap_or(Duration::from_micros(300)),
             http: Duration::from_micros(800),
@@ -582,36 +571,6 @@ impl Pdu {
             config,
         );
         spawn_device(kernel, sh.clone(), priorities);
-
-        // The HLW8032 bank: the chip the mux selects sends a frame every 60 ms (a 24-byte
-        // frame takes 55 ms at 4800 8E1).
-        let s = sh.clone();
-        kernel
-            .spawn(TaskSpec::world(format!("{name}.hlw8032")), async move {
-                loop {
-                    s.clock.sleep(Duration::from_millis(60)).await;
-                    if !s.power.is_on() {
-                        continue;
-                    }
-                    let (relays, mux) = {
-                        let r = s.parts.relay.borrow();
-                        (r.out_a(), r.out_b())
-                    };
-                    if mux & 0x08 != 0 {
-                        continue;
-                    }
-                    let i = usize::from(mux & 0x07);
-                    let frame = {
-                        let bank = s.parts.meters.borrow();
-                        if bank.silent[i] {
-                            continue;
-                        }
-                        hlw_frame(bank.loads[i], relays & (1 << i) != 0)
-                    };
-                    let _ = meters.write_all(&frame).await;
-                }
-            })
-            .detach();
 
         // Scenario jobs.
         let jobs = Rc::new(Jobs::default());
@@ -652,7 +611,7 @@ impl Pdu {
                 }
             })
             .detach();
-        Pdu { sh, jobs }
+        Ok(Pdu { sh, jobs })
     }
 
     fn snmp(&self, verb: &str, a: Snmp) -> Result<(), String> {
@@ -757,15 +716,13 @@ impl Device for Pdu {
         match verb {
             "button.press" => {
                 let a: Press = from_table(params)?;
-                let bit = 1u8 << (button_of(&a.button)? as u8);
+                let button = button_of(&a.button)?;
                 let hold = a.hold.unwrap_or(Duration::from_millis(100));
                 let s = sh.clone();
-                s.record("panel", format!("{} pressed for {hold}", a.button));
+                s.parts.buttons.press(button);
                 self.jobs.push(Box::pin(async move {
-                    let p = &s.parts.panel.pressed;
-                    p.set(p.get() | bit);
                     s.clock.sleep(hold).await;
-                    p.set(p.get() & !bit);
+                    s.parts.buttons.release(button);
                 }));
             }
             "console" => {
@@ -781,11 +738,14 @@ impl Device for Pdu {
             "load" => {
                 let a: LoadAction = from_table(params)?;
                 let o = outlet(a.channel)?;
-                sh.parts.meters.borrow_mut().loads[o.index()] = Load {
-                    watts: a.watts,
-                    pf: a.pf.unwrap_or(1.0),
-                };
-                sh.record("load", format!("{o} {} W", a.watts));
+                sh.parts
+                    .meters
+                    .set_load(
+                        o.index(),
+                        f64::from(a.watts),
+                        f64::from(a.pf.unwrap_or(1.0)),
+                    )
+                    .map_err(|e| e.to_string())?;
             }
             "i2c.nack" => {
                 let a: Nack = from_table(params)?;
@@ -804,28 +764,29 @@ impl Device for Pdu {
                 let a: Silent = from_table(params)?;
                 let o = outlet(a.channel)?;
                 let silent = a.silent.unwrap_or(true);
-                sh.parts.meters.borrow_mut().silent[o.index()] = silent;
-                sh.record("meter", format!("{o} chip silent={silent}"));
+                sh.parts
+                    .meters
+                    .set_silent(o.index(), silent)
+                    .map_err(|e| e.to_string())?;
             }
             "eeprom.fail_writes" => {
                 let a: FailWrites = from_table(params)?;
-                let n = a.count.unwrap_or(u32::MAX);
-                sh.parts.eeprom.borrow_mut().fail_writes(n);
-                sh.record("eeprom", format!("fault: refuse the next {n} page writes"));
+                let on = a.on.unwrap_or(true);
+                sh.parts.eeprom.borrow_mut().set_write_protect(on);
+                sh.record("eeprom", format!("fault: write protect {on}"));
             }
             "eeprom.power_cut" => {
                 let a: PowerCut = from_table(params)?;
-                sh.parts.eeprom.borrow_mut().power_cut_after(a.after_bytes);
+                sh.parts.eeprom.borrow_mut().cut_power_after(a.after_bytes);
                 sh.record(
                     "eeprom",
                     format!("fault: power cut after {} bytes", a.after_bytes),
                 );
                 let s = sh.clone();
                 self.jobs.push(Box::pin(async move {
-                    let fired = s.parts.eeprom.borrow().cut_fired.clone();
                     loop {
                         s.clock.sleep(Duration::from_micros(100)).await;
-                        if fired.get() {
+                        if !s.parts.eeprom.borrow().is_powered() {
                             s.request_reboot("power cut during an EEPROM write");
                             return;
                         }
@@ -877,14 +838,14 @@ impl Device for Pdu {
 
     fn state(&self, key: &str) -> Option<StateValue> {
         let sh = &self.sh;
-        let relay = sh.parts.relay.borrow().out_a();
-        let display = sh.parts.display.borrow();
+        let relay = sh.parts.relays.contacts();
+        let leds = sh.parts.leds.state();
         let snap = sh.switch_snapshot();
         let v = match key {
             "relays" => StateValue::Int(i64::from(relay)),
-            "led.fault" => StateValue::Bool(display.out_b() & LED_FAULT != 0),
-            "led.eth" => StateValue::Bool(display.out_b() & LED_ETH != 0),
-            "led.pwr" => StateValue::Bool(display.out_b() & LED_PWR != 0),
+            "led.fault" => StateValue::Bool(leds.fault),
+            "led.eth" => StateValue::Bool(leds.eth),
+            "led.pwr" => StateValue::Bool(leds.power),
             "switch_state" => StateValue::Text(match snap {
                 Some(s) if sh.power.is_on() => state_name(s.state).to_owned(),
                 _ => "OFF".to_owned(),
@@ -946,7 +907,7 @@ impl Device for Pdu {
             }
             k if k.starts_with("led.ch") => {
                 let o = Outlet::new(k[6..].parse().ok()?)?;
-                StateValue::Bool(display.out_a() & (1 << o.index()) != 0)
+                StateValue::Bool(leds.channels & (1 << o.index()) != 0)
             }
             k if k.starts_with("relay") => {
                 let o = Outlet::new(k[5..].parse().ok()?)?;
