@@ -237,3 +237,39 @@ fn console_pty_answers_help_and_saved_configuration_survives_a_restart() {
     assert!(page.contains("\"device_name\":\"livetest\""), "{page}");
     twin.quit();
 }
+
+/// A v2c GET of sysDescr.0 with community `public`.
+const GET_SYSDESCR: [u8; 40] = [
+    0x30, 0x26, 0x02, 0x01, 0x01, 0x04, 0x06, b'p', b'u', b'b', b'l', b'i', b'c', 0xa0, 0x19, 0x02,
+    0x01, 0x01, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00, 0x30, 0x0e, 0x30, 0x0c, 0x06, 0x08, 0x2b, 0x06,
+    0x01, 0x02, 0x01, 0x01, 0x01, 0x00, 0x05, 0x00,
+];
+
+#[test]
+fn a_udp_flood_does_not_stall_the_console() {
+    let twin = Twin::start("flood", &state_dir("pdu-live-flood"));
+    let target = twin.snmp.trim_start_matches("udp:").to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = sock.send_to(&GET_SYSDESCR, &target);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let reply = twin.console("SET_CH 4 ON\r\nHELP\r\n", 1.0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flooder.join().expect("flooder");
+    assert!(sent > 1000, "the flood was a flood: {sent} datagrams");
+    assert!(reply.contains("CH4 = ON"), "{reply}");
+    assert!(reply.contains("ENERGIS PDU Console Commands"), "{reply}");
+    // The agent still answers once the flood is over.
+    let o = twin.snmp("snmpget", &["-c", "public", OUTLET_1]);
+    assert!(text(&o).contains("INTEGER: 0"), "{}", text(&o));
+    twin.quit();
+}

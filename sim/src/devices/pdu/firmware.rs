@@ -767,8 +767,14 @@ async fn health_task(sh: Rc<Shared>, b: &'static Board) {
     );
     let announce = async {
         loop {
-            let e = b.health_events.receive().await;
-            sh.record("health", format!("{e:?}"));
+            let text = match b.health_events.receive().await {
+                HealthEvent::TaskHung(t) => format!("task {t} hung"),
+                HealthEvent::TaskRecovered(t) => format!("task {t} recovered"),
+                HealthEvent::SafeStateOrdered => "SAFE_STATE ordered".to_owned(),
+                HealthEvent::LowStack { task, free } => format!("task {task} stack low: {free} B"),
+                HealthEvent::LowHeap { free } => format!("heap low: {free} B"),
+            };
+            sh.record("health", text);
         }
     };
     let _ = select(task.run(), announce).await;

@@ -26,9 +26,10 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::net::{ConsoleInput, Inbox, NetInput, ReplyTo};
 use super::{Pdu, PduSpec};
-use crate::kernel::Kernel;
+use crate::kernel::{Kernel, TaskSpec};
 use crate::live::{LiveContext, LiveHandle, LiveTwin};
 use crate::periph::eeprom::Cat24c256;
+use firmware_core::time::Duration;
 
 /// Default SNMP port (161 needs root).
 pub const SNMP_PORT: u16 = 1161;
@@ -80,6 +81,23 @@ impl LiveTwin for PduTwin {
         let device = Pdu::build_with(&spec, "pdu", kernel, state_file.as_deref())
             .map_err(anyhow::Error::msg)?;
         let sh = device.shared().clone();
+        if state_file.is_some() {
+            // Write the image back a second after writes, so a killed process loses little.
+            let s = sh.clone();
+            kernel
+                .spawn(TaskSpec::world("pdu.eeprom-flush"), async move {
+                    loop {
+                        s.clock.sleep(Duration::from_secs(1)).await;
+                        let mut part = s.parts.eeprom.borrow_mut();
+                        if part.is_dirty()
+                            && let Err(e) = part.save()
+                        {
+                            eprintln!("pdu: {e}");
+                        }
+                    }
+                })
+                .detach();
+        }
 
         let snmp = ctx
             .io
