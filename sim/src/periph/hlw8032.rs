@@ -1218,12 +1218,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_firmware_meter_task_reads_every_outlet_through_the_mux() {
-        use firmware_core::pdu::meter::{MeterCore, MeterSettings, MeterTask, MuxError};
-        use firmware_core::pdu::{CHANNELS as OUTLETS, ChannelTelemetry, Outlet};
+    type Telemetry = [firmware_core::pdu::ChannelTelemetry; firmware_core::pdu::CHANNELS];
 
-        let mut k = Kernel::new(11);
+    /// The firmware's MeterTask against the bank for 10 s: (trace hash, last telemetry).
+    fn meter_task_run(seed: u64) -> (u64, Telemetry) {
+        use firmware_core::pdu::meter::{MeterCore, MeterSettings, MeterTask, MuxError};
+        use firmware_core::pdu::{CHANNELS as OUTLETS, Outlet};
+
+        let mut k = Kernel::new(seed);
         let pins = PinLevels::new(0x08FF); // all relays on, mux disabled until selected
         let bank = Hlw8032Bank::new(&k, "hlw", BankWiring::from_pins(pins.clone()));
         for ch in 0..CHIPS {
@@ -1234,14 +1236,18 @@ mod tests {
         let (_link, mcu, chip_side) =
             uart::link(&k, "meter", UartConfig::new_8e1(4800)).expect("link");
         bank.spawn(&mut k, chip_side).detach();
-        let latest: Rc<RefCell<Option<[ChannelTelemetry; OUTLETS]>>> = Rc::default();
+        let latest: Rc<RefCell<Option<Telemetry>>> = Rc::default();
         let l = latest.clone();
+        let tracer = k.tracer();
         let mux = move |o: Outlet| -> Result<(), MuxError> {
             // Port B bits 0-2 = select, bit 3 = EN (low = enabled).
             pins.set((pins.get() & 0x00FF) | (o.index() as u16) << 8);
             Ok(())
         };
-        let sink = move |t: &[ChannelTelemetry; OUTLETS]| *l.borrow_mut() = Some(*t);
+        let sink = move |t: &Telemetry| {
+            tracer.sample("power_w.1", f64::from(t[0].power_w));
+            *l.borrow_mut() = Some(*t);
+        };
         let core = MeterCore::new(MeterSettings::default(), [CAL; OUTLETS]);
         let mut task = MeterTask::new(mcu, k.clock(), mux, sink, core);
         k.spawn(TaskSpec::world("meter-task"), async move {
@@ -1250,6 +1256,12 @@ mod tests {
         .detach();
         k.run_until(Instant::from_millis(10_000));
         let t = latest.borrow().expect("telemetry published");
+        (k.with_trace(|tr| tr.hash()), t)
+    }
+
+    #[test]
+    fn the_firmware_meter_task_reads_every_outlet_through_the_mux() {
+        let (_, t) = meter_task_run(11);
         for (ch, tel) in t.iter().enumerate() {
             if ch == 6 {
                 assert!(tel.degraded, "the silent chip's outlet is degraded");
@@ -1262,6 +1274,17 @@ mod tests {
             near(tel.current_a, watts / (230.0 * 0.8), 0.02 * watts / 184.0);
             near(tel.power_factor, 0.8, 0.01);
         }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_meter_readings_and_trace() {
+        let (hash, t) = meter_task_run(21);
+        let (hash2, t2) = meter_task_run(21);
+        assert_eq!(hash, hash2);
+        assert_eq!(t, t2);
+        let (hash3, t3) = meter_task_run(22);
+        assert_ne!(hash, hash3, "the voltage noise follows the seed");
+        assert_ne!(t, t3);
     }
 
     #[test]
