@@ -1,5 +1,5 @@
 //! The CAT24C256 I²C EEPROM (32 KiB, 64-byte pages), as a part on an
-//! [`I2cBus`](super::i2c::I2cBus), with its contents kept in a file between runs.
+//! [`I2cBus`], with its contents kept in a file between runs.
 //!
 //! This module owns the array, the address pointer, the page buffer and the write cycle.
 //!

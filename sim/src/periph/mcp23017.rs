@@ -1,4 +1,4 @@
-//! The MCP23017 16-bit I²C GPIO expander, as a part on an [`I2cBus`](super::i2c::I2cBus).
+//! The MCP23017 16-bit I²C GPIO expander, as a part on an [`I2cBus`].
 //!
 //! This module owns the expander's registers and pins: the full register map in both address
 //! layouts (IOCON.BANK = 0, interleaved A/B, and BANK = 1, one bank per port), the power-on
