@@ -5,5 +5,6 @@
 //! (routing by 7-bit address to simulated parts, bit timing at the bus speed, NACK and stuck-bus
 //! injection). Both run on the kernel's virtual clock and expose the ecosystem traits
 //! (`embedded_io_async`, `embedded_hal_async::i2c::I2c`), so firmware drivers use them unchanged.
+pub mod fluidnc;
 pub mod i2c;
 pub mod uart;
