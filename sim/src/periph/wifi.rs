@@ -27,7 +27,8 @@
 //! **Queue.** At most [`WifiConfig::queue_packets`] packets per direction wait for the air
 //! (the one on the air included). Full policy: the new packet is refused
 //! ([`WifiSendError::QueueFull`]) and counted in [`WifiStats::queue_full`] (drop newest), as
-//! `esp_wifi` answers `ESP_ERR_NO_MEM` when its TX buffers are used up.
+//! `esp_wifi` answers `ESP_ERR_NO_MEM` when its TX buffers are used up; each refusal also
+//! samples the cumulative count as the metric `<name>.<up|down>.queue_full`.
 //!
 //! **Disconnects.** [`WifiLink::disconnect`] loses every packet queued or in flight (counted as
 //! `disconnected`); sends are refused until [`WifiLink::reconnect`].
@@ -493,6 +494,9 @@ impl WifiLink {
         let queued = lane.queued(now);
         if queued >= config.queue_packets {
             lane.stats.queue_full += 1;
+            let total = lane.stats.queue_full as f64;
+            self.tracer
+                .sample(&format!("{}.{dir}.queue_full", st.name), total);
             return Err(WifiSendError::QueueFull);
         }
         lane.stats.max_queued = lane.stats.max_queued.max(queued as u64 + 1);
@@ -808,6 +812,8 @@ mod tests {
         assert_eq!(results[4..], [Err(WifiSendError::QueueFull); 2]);
         let s = w.stats(WifiDirection::Up);
         assert_eq!((s.queue_full, s.max_queued, s.in_flight), (2, 4, 4));
+        let metric = k.with_trace(|t| t.series("wifi.up.queue_full").map(|v| v.to_vec()));
+        assert_eq!(metric.unwrap_or_default().last().map(|s| s.1), Some(2.0));
         // Once the first has left the air there is room again.
         k.run_for(ms(10));
         assert_eq!(w.send(WifiDirection::Up, vec![9]), Ok(()));

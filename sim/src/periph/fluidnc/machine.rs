@@ -441,7 +441,8 @@ impl FluidncSim {
         self.advance(now);
     }
 
-    /// Everything the board has printed since the last call.
+    /// Everything the board has printed since the last call. Not bounded by itself: a runner
+    /// drains it after every input, as the board's UART driver would.
     #[must_use]
     pub fn poll_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
@@ -609,10 +610,11 @@ impl FluidncSim {
         }
         let was_running = self.state == MachineState::Run;
         self.state = s;
+        self.trace.push(s.name().to_owned());
         if s == MachineState::Idle && was_running && self.never_idle {
             self.show_run = true;
+            self.trace.push("fault: Idle reported as Run".to_owned());
         }
-        self.trace.push(s.name().to_owned());
     }
 
     fn auto_report(&mut self, t: Instant) {

@@ -34,7 +34,7 @@
 //! that moves bytes between a UART port and the core, sleeps until the core's next deadline,
 //! and records the core's trace events under the board's name (`Run`, `Idle`, `Hold:1`,
 //! `ALARM:3`, `reset`, `error:22 …`, faults) plus the samples `<name>.<axis>.dispensed_ml` when
-//! motion stops.
+//! motion stops and `<name>.rx_overrun` (cumulative) when receive-buffer overruns grow.
 //!
 //! Not modelled: overrides (0x90-0x9D are counted and ignored), jogging, homing (`$H` answers
 //! `error:5` as with the pump's config), G2/G3, inch mode, spindle and coolant (M3-M9 are accepted
@@ -63,6 +63,8 @@ use crate::kernel::{JoinHandle, Kernel, SimClock, TaskSpec, Tracer};
 
 struct Inner {
     name: String,
+    /// Overrun count last sampled, so a sample goes out only when it grows.
+    overrun_sampled: std::cell::Cell<u64>,
     sim: RefCell<FluidncSim>,
     clock: SimClock,
     tracer: Tracer,
@@ -96,6 +98,7 @@ impl FluidncBoard {
         Ok(FluidncBoard {
             inner: Rc::new(Inner {
                 name: name.to_owned(),
+                overrun_sampled: std::cell::Cell::new(0),
                 sim: RefCell::new(sim),
                 clock: kernel.clock(),
                 tracer: kernel.tracer(),
@@ -153,10 +156,15 @@ impl FluidncBoard {
 
     async fn drain<P: Write>(&self, port: &mut P) {
         let inner = &self.inner;
-        let (out, trace) = {
+        let (out, trace, overrun) = {
             let mut sim = inner.sim.borrow_mut();
-            (sim.poll_output(), sim.poll_trace())
+            (sim.poll_output(), sim.poll_trace(), sim.stats().overrun)
         };
+        if overrun != inner.overrun_sampled.replace(overrun) {
+            inner
+                .tracer
+                .sample(&format!("{}.rx_overrun", inner.name), overrun as f64);
+        }
         let now = inner.clock.now();
         for text in trace {
             let stopped = matches!(text.as_str(), "Idle" | "Hold:0" | "Alarm");

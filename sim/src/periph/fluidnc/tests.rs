@@ -527,6 +527,9 @@ fn bytes_beyond_the_receive_buffer_are_lost_and_counted() {
     let s = b.board.snapshot();
     assert_eq!(s.rx_used, 128);
     assert_eq!(s.stats.overrun, 180 - 6 - 128);
+    let metric =
+        b.k.with_trace(|t| t.series("fluidnc.rx_overrun").map(|v| v.to_vec()));
+    assert_eq!(metric.unwrap_or_default().last().map(|s| s.1), Some(46.0));
     // Realtime bytes still work while the buffer is full.
     b.host.clear();
     b.send(b"?");
@@ -652,6 +655,11 @@ fn the_never_idle_fault_keeps_reporting_run_after_the_motion_ends() {
     assert!(reps.len() > 10, "periodic reports go on");
     assert!(reps.iter().all(|(_, r)| state_of(r) == "Run"));
     assert!(reps.iter().all(|(_, r)| mpos_of(r)[0] == 1.0));
+    assert!(
+        b.events()
+            .iter()
+            .any(|(_, e)| e == "fault: Idle reported as Run")
+    );
     b.board.set_never_idle(false);
     b.run(ms(10));
     assert_eq!(b.board.snapshot().state, "Idle");
@@ -815,6 +823,34 @@ mod core {
         let mut s = sim();
         s.handle_bytes(b"G90\r\nG91\rG90\n", Instant::ZERO);
         assert_eq!(s.poll_output(), b"ok\nok\nok\nok\n");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn the_core_survives_any_bytes_and_keeps_its_buffers_bounded(
+        chunks in proptest::collection::vec(
+            (proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80), 0u64..200),
+            0..40,
+        ),
+    ) {
+        use rand::SeedableRng;
+        let rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut s = FluidncSim::new(FluidncConfig::default(), rng, Instant::ZERO).unwrap();
+        let mut now = Instant::ZERO;
+        for (bytes, dt) in &chunks {
+            now += ms(*dt);
+            s.handle_bytes(bytes, now);
+            s.handle_bytes(b"G91 G1 X0.5 F300\n", now);
+            if let Some(d) = s.poll_deadline().filter(|&d| d <= now) {
+                s.handle_deadline(d);
+            }
+            let _ = s.poll_output();
+            let snap = s.snapshot(now);
+            proptest::prop_assert!(snap.planner_used <= 15);
+            proptest::prop_assert!(snap.rx_used <= 128);
+            proptest::prop_assert!(snap.mpos.iter().all(|v| v.is_finite()));
+        }
     }
 }
 
