@@ -162,7 +162,7 @@ pub fn parse(line: &str) -> Result<Block, u8> {
     let s = line.as_bytes();
     let mut b = Block::default();
     let mut i = 0;
-    let mut modal_seen = [false; 6];
+    let mut modal_seen = [false; 3];
     while i < s.len() {
         let letter = s[i];
         if !letter.is_ascii_uppercase() {
@@ -182,27 +182,24 @@ pub fn parse(line: &str) -> Result<Block, u8> {
             b'G' => {
                 let int = value.trunc();
                 let mantissa = ((value - int) * 100.0).round() as i64;
-                let (group, apply): (usize, fn(&mut Block)) = match (int as i64, mantissa) {
-                    (0, 0) => (0, |b| b.motion = Some(MotionMode::Rapid)),
-                    (1, 0) => (0, |b| b.motion = Some(MotionMode::Linear)),
-                    (90, 0) => (1, |b| b.incremental = Some(false)),
-                    (91, 0) => (1, |b| b.incremental = Some(true)),
-                    (4, 0) => (2, |b| b.non_modal = Some(NonModal::Dwell)),
-                    (92, 0) => (2, |b| b.non_modal = Some(NonModal::SetOffset)),
-                    (92, 10) => (2, |b| b.non_modal = Some(NonModal::ClearOffset)),
-                    (17, 0) => (3, |_| {}),
-                    (21, 0) => (4, |_| {}),
-                    (54, 0) => (5, |_| {}),
-                    (94, 0) => (5, |_| {}),
+                // Modal groups that can conflict within one line: motion, distance, non-modal.
+                // G17, G21, G54 and G94 are the only modes of their groups that exist here.
+                let (group, apply): (Option<usize>, fn(&mut Block)) = match (int as i64, mantissa) {
+                    (0, 0) => (Some(0), |b| b.motion = Some(MotionMode::Rapid)),
+                    (1, 0) => (Some(0), |b| b.motion = Some(MotionMode::Linear)),
+                    (90, 0) => (Some(1), |b| b.incremental = Some(false)),
+                    (91, 0) => (Some(1), |b| b.incremental = Some(true)),
+                    (4, 0) => (Some(2), |b| b.non_modal = Some(NonModal::Dwell)),
+                    (92, 0) => (Some(2), |b| b.non_modal = Some(NonModal::SetOffset)),
+                    (92, 10) => (Some(2), |b| b.non_modal = Some(NonModal::ClearOffset)),
+                    (17 | 21 | 54 | 94, 0) => (None, |_| {}),
                     _ => return Err(code::UNSUPPORTED),
                 };
-                // G54 and G94 are different groups in Grbl; sharing a slot would misreport a
-                // (rare) `G54 G94` line, so only the distinct groups above are checked.
-                if group < 3 {
-                    if modal_seen[group] {
+                if let Some(g) = group {
+                    if modal_seen[g] {
                         return Err(code::MODAL_GROUP);
                     }
-                    modal_seen[group] = true;
+                    modal_seen[g] = true;
                 }
                 apply(&mut b);
             }

@@ -819,6 +819,44 @@ mod core {
     }
 
     #[test]
+    fn reset_while_still_decelerating_is_an_abort_and_a_reset_in_alarm_stays_in_alarm() {
+        let mut s = sim();
+        s.handle_bytes(b"G91 G1 X10 F200\n", Instant::ZERO);
+        let t = Instant::from_millis(500);
+        s.handle_bytes(b"!", t);
+        assert_eq!(s.state(), MachineState::Hold { complete: false });
+        s.handle_bytes(&[0x18], t + ms(10));
+        assert_eq!(s.state(), MachineState::Alarm);
+        let out = String::from_utf8(s.poll_output()).unwrap();
+        assert!(out.contains("ALARM:3\n"), "{out}");
+        s.handle_bytes(&[0x18], t + ms(20));
+        assert_eq!(s.state(), MachineState::Alarm);
+        let out = String::from_utf8(s.poll_output()).unwrap();
+        assert!(
+            !out.contains("ALARM:3") && out.contains("'$X' to unlock"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_dwell_answers_after_the_planner_empties_and_its_time() {
+        let mut s = sim();
+        s.handle_bytes(b"G91 G1 X1 F200\nG4 P0.5\n", Instant::ZERO);
+        assert_eq!(
+            String::from_utf8(s.poll_output())
+                .unwrap()
+                .matches("ok")
+                .count(),
+            1
+        );
+        let motion = Profile::rest_to_rest(1.0, 200.0 / 60.0, 100.0).duration();
+        let out = drive(&mut s, Instant::from_millis(5_000));
+        let oks: Vec<_> = out.iter().filter(|(_, l)| l == "ok").collect();
+        assert_eq!(oks.len(), 1);
+        assert_eq!(oks[0].0, Instant::ZERO + motion + ms(500));
+    }
+
+    #[test]
     fn cr_and_lf_each_end_a_line() {
         let mut s = sim();
         s.handle_bytes(b"G90\r\nG91\rG90\n", Instant::ZERO);
