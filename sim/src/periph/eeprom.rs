@@ -1,5 +1,5 @@
 //! The CAT24C256 I²C EEPROM (32 KiB, 64-byte pages), as a part on an
-//! [`I2cBus`](super::i2c::I2cBus), with its contents kept in a file between runs.
+//! [`I2cBus`], with its contents kept in a file between runs.
 //!
 //! This module owns the array, the address pointer, the page buffer and the write cycle.
 //!
@@ -124,6 +124,8 @@ pub struct Cat24c256 {
     powered: bool,
     cut_after: Option<u64>,
     dirty: bool,
+    /// Whether the current transaction's address was acknowledged.
+    acked: bool,
     stats: EepromStats,
 }
 
@@ -143,6 +145,7 @@ impl Cat24c256 {
             powered: true,
             cut_after: None,
             dirty: false,
+            acked: false,
             stats: EepromStats::default(),
         }
     }
@@ -339,6 +342,7 @@ impl I2cDevice for Cat24c256 {
             self.stats.busy_nacks += 1;
             return Ack::Nack;
         }
+        self.acked = true;
         if read {
             // A repeated START into a read after address bytes: the dummy write is over.
             self.phase = Phase::Idle;
@@ -389,7 +393,9 @@ impl I2cDevice for Cat24c256 {
     }
 
     fn stop(&mut self, now: Instant) {
-        self.stats.transactions += 1;
+        if std::mem::take(&mut self.acked) {
+            self.stats.transactions += 1;
+        }
         if self.phase == Phase::Data {
             self.program(now);
         }
@@ -476,7 +482,7 @@ mod tests {
 
     #[test]
     fn the_part_nacks_reads_and_writes_during_the_5ms_write_cycle() {
-        let (mut k, bus, _) = setup();
+        let (mut k, bus, ee) = setup();
         // Write 0x0000 ← 7: 4 bytes = 36 bits = 90 µs; the cycle runs 90..5090 µs. The part
         // answers (or not) when its address byte ends, 23 µs after a transaction starts.
         let r = run(
@@ -497,6 +503,8 @@ mod tests {
         assert_eq!(r[2].1, Err(NACK));
         assert_eq!(r[3].1, Err(NACK));
         assert_eq!(r[4].1, Ok(vec![7]));
+        let s = ee.borrow().stats();
+        assert_eq!((s.transactions, s.busy_nacks, s.write_cycles), (2, 3, 1));
     }
 
     #[test]

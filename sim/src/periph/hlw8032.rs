@@ -42,21 +42,25 @@
 //!
 //! # The mux and the line
 //! Select lines A, B, C and the active-low EN come from the relay expander's port B bits 0-3
-//! ([`BankWiring`]). Every frame period ([`FRAME_PERIOD`]) each chip produces a frame and the
-//! bank writes the one of the selected chip to the UART in one call; the UART times its bytes
-//! (DESIGN decision 9: one timer per frame, not per byte). So the mux takes effect at frame
-//! boundaries: a switch in the middle of a frame lets the old chip's frame finish on the line
-//! (on the real board the rest of the frame would come from the new chip, mid-frame; the
-//! firmware discards bytes while the mux settles either way). EN high or a silent chip leaves
-//! the line idle.
+//! ([`BankWiring`]). The chips run in step: every [`FRAME_PERIOD`] each one measures and lays
+//! out a frame. The bank writes the line in chunks of [`DEFAULT_CHUNK`] bytes, each at the
+//! instant its first byte starts (one timer per chunk, not per byte; the UART times the bytes,
+//! back to back), taking the bytes at that offset from whichever chip the mux passes at that
+//! instant. A switch in the middle of a frame thus cuts the old chip's frame and continues with
+//! the new chip's, mid-frame, as on the board, within one chunk (≈ 9.2 ms). Whole-frame writes
+//! (one timer per frame) would let the old chip's frame run on for up to 55 ms after a switch,
+//! long enough for a reader that settles for 60 ms to take it for the new chip's. EN high or a
+//! silent chip leaves the line idle. The bank assumes its line runs at 4800 baud 8E1, as the
+//! chip does.
 //!
 //! # Faults and counters
 //! Per chip: a corrupted byte ([`Hlw8032Bank::corrupt_frames`], seeded position and bit
 //! pattern), a wrong checksum ([`Hlw8032Bank::bad_checksum_frames`]), silence
 //! ([`Hlw8032Bank::set_silent`]), failed calibration (state 0xAA,
 //! [`Hlw8032Bank::set_uncalibrated`]); for the bank, a mux stuck on one chip
-//! ([`Hlw8032Bank::stick_mux`]). Counted faults count frames that reach the line. Every fault
-//! change is a trace event; [`ChipStats`] and [`BankStats`] count what happened.
+//! ([`Hlw8032Bank::stick_mux`]). Frame faults apply to frames that start on the line with
+//! their chip selected. Every fault change is a trace event; [`ChipStats`] and [`BankStats`]
+//! count what happened.
 use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
@@ -77,6 +81,8 @@ pub const CHIPS: usize = 8;
 pub const FRAME_LEN: usize = 24;
 /// One frame on the wire: 24 characters of 11 bits (8E1) at 4800 baud.
 pub const FRAME_PERIOD: Duration = Duration::from_micros(55_000);
+/// Bytes written per wake-up by default: ≈ 9.2 ms of line time, the mux's worst-case lag.
+pub const DEFAULT_CHUNK: usize = 4;
 /// Below this the chip stops refreshing its power REG.
 pub const MIN_UPDATED_POWER_W: f64 = 5.0;
 
@@ -175,6 +181,9 @@ pub enum HlwError {
     /// Mains voltage and its noise are finite and non-negative.
     #[error("voltage and noise must be finite and ≥ 0, got {0}")]
     Voltage(f64),
+    /// A chunk holds 1 to 24 bytes.
+    #[error("chunk must be 1 to 24 bytes, got {0}")]
+    Chunk(usize),
     /// Kv and Ki are finite and above zero; parameters fit 24 bits and are above zero.
     #[error("bad coefficients: {0}")]
     Coefficients(String),
@@ -185,13 +194,13 @@ pub enum HlwError {
 pub struct ChipStats {
     /// Frames produced (every period, selected or not).
     pub frames: u64,
-    /// Frames that reached the line.
+    /// Frames that started on the line (the mux may have cut them short).
     pub sent: u64,
     /// Frames sent with a corrupted byte.
     pub corrupted: u64,
     /// Frames sent with a wrong checksum.
     pub bad_checksums: u64,
-    /// Periods it was selected but silent.
+    /// Frame periods that began with it selected but silent.
     pub silent: u64,
     /// PF REG wraps.
     pub pf_wraps: u64,
@@ -202,10 +211,12 @@ pub struct ChipStats {
 pub struct BankStats {
     /// Frame periods elapsed.
     pub periods: u64,
-    /// Frames written to the UART.
+    /// Frames that started on the line.
     pub frames_sent: u64,
-    /// Periods with the line idle (mux disabled or the chip silent).
-    pub idle_periods: u64,
+    /// Bytes written to the UART.
+    pub bytes_sent: u64,
+    /// Chunks with the line idle (mux disabled or the chip silent).
+    pub idle_chunks: u64,
     /// Times the chip reaching the line changed.
     pub mux_changes: u64,
 }
@@ -446,6 +457,9 @@ struct BankState {
     stuck: Option<usize>,
     last_source: Option<usize>,
     last_frames: Vec<Option<Registers>>,
+    /// This period's bytes per chip, faults applied.
+    current: Vec<[u8; FRAME_LEN]>,
+    chunk: usize,
     stats: BankStats,
     stopped: bool,
 }
@@ -455,10 +469,14 @@ impl BankState {
         self.chips.get_mut(ch).ok_or(HlwError::Channel(ch))
     }
 
-    /// One frame period: every chip measures; returns the bytes that reach the line.
-    fn period(&mut self, period: Duration) -> Option<[u8; FRAME_LEN]> {
+    fn source(&self) -> Option<usize> {
+        self.stuck.or_else(|| mux_channel((self.wiring.mux)()))
+    }
+
+    /// Start of a frame period: every chip measures and lays out its frame.
+    fn start_period(&mut self, period: Duration) {
         self.stats.periods += 1;
-        let mut frames = Vec::with_capacity(CHIPS);
+        let source = self.source();
         for ch in 0..CHIPS {
             let noise = if self.noise_v > 0.0 {
                 self.rng.random_range(-self.noise_v..=self.noise_v)
@@ -468,38 +486,52 @@ impl BankState {
             let volts = (self.volts + noise).max(0.0);
             let powered = (self.wiring.powered)(ch);
             let regs = self.chips[ch].tick(volts, powered, period);
-            frames.push(regs);
+            self.last_frames[ch] = Some(regs);
+            let mut bytes = regs.frame();
+            // Faults count frames that start on the line.
+            let chip = &mut self.chips[ch];
+            if source == Some(ch) && !chip.faults.silent {
+                if Repeat::take(&mut chip.faults.bad_checksum) {
+                    bytes[FRAME_LEN - 1] = bytes[FRAME_LEN - 1].wrapping_add(1);
+                    chip.stats.bad_checksums += 1;
+                }
+                if Repeat::take(&mut chip.faults.corrupt) {
+                    let at = self.rng.random_range(0..FRAME_LEN);
+                    let mask: u8 = self.rng.random_range(1..=255);
+                    bytes[at] ^= mask;
+                    chip.stats.corrupted += 1;
+                }
+            }
+            self.current[ch] = bytes;
         }
-        self.last_frames = frames.iter().copied().map(Some).collect();
-        let source = self.stuck.or_else(|| mux_channel((self.wiring.mux)()));
+    }
+
+    /// The bytes `offset..offset + len` of this period that reach the line now, if any.
+    fn chunk(&mut self, offset: usize, len: usize) -> Option<Vec<u8>> {
+        let source = self.source();
         if source != self.last_source {
             self.stats.mux_changes += 1;
             self.last_source = source;
         }
         let Some(ch) = source else {
-            self.stats.idle_periods += 1;
+            self.stats.idle_chunks += 1;
             return None;
         };
         let chip = &mut self.chips[ch];
         if chip.faults.silent {
-            chip.stats.silent += 1;
-            self.stats.idle_periods += 1;
+            if offset == 0 {
+                chip.stats.silent += 1;
+            }
+            self.stats.idle_chunks += 1;
             return None;
         }
-        let mut bytes = frames[ch].frame();
-        if Repeat::take(&mut chip.faults.bad_checksum) {
-            bytes[FRAME_LEN - 1] = bytes[FRAME_LEN - 1].wrapping_add(1);
-            chip.stats.bad_checksums += 1;
+        if offset == 0 {
+            chip.stats.sent += 1;
+            self.stats.frames_sent += 1;
         }
-        if Repeat::take(&mut chip.faults.corrupt) {
-            let at = self.rng.random_range(0..FRAME_LEN);
-            let mask: u8 = self.rng.random_range(1..=255);
-            bytes[at] ^= mask;
-            chip.stats.corrupted += 1;
-        }
-        chip.stats.sent += 1;
-        self.stats.frames_sent += 1;
-        Some(bytes)
+        let end = (offset + len).min(FRAME_LEN);
+        self.stats.bytes_sent += (end - offset) as u64;
+        Some(self.current[ch][offset..end].to_vec())
     }
 }
 
@@ -541,6 +573,8 @@ impl Hlw8032Bank {
                 stuck: None,
                 last_source: None,
                 last_frames: vec![None; CHIPS],
+                current: vec![[0; FRAME_LEN]; CHIPS],
+                chunk: DEFAULT_CHUNK,
                 stats: BankStats::default(),
                 stopped: false,
             })),
@@ -549,31 +583,51 @@ impl Hlw8032Bank {
         }
     }
 
-    /// Start transmitting on `port` (the chip side of the meter link), one frame every
-    /// [`FRAME_PERIOD`] from now, on a world task. Detach the handle or keep it; the task ends
-    /// after [`Self::shutdown`].
+    /// Start transmitting on `port` (the chip side of the meter link, 4800 8E1) from now, on a
+    /// world task. Detach the handle or keep it; the task ends after [`Self::shutdown`].
     pub fn spawn(&self, kernel: &mut Kernel, mut port: UartPort) -> JoinHandle<()> {
         let state = self.state.clone();
         let clock = self.clock.clone();
         let name = self.state.borrow().name.clone();
         kernel.spawn(TaskSpec::world(name), async move {
-            let mut next = clock.now();
+            let t0 = clock.now();
+            // Byte `n` of the endless stream starts at t0 + n × 11 bits / 4800 baud; each chunk
+            // is written at (or a fraction of a µs before) the moment its first byte starts,
+            // so the line stays busy back to back.
+            let period_us = FRAME_PERIOD.as_micros();
+            let mut byte: u64 = 0;
             loop {
-                clock.sleep_until(next).await;
-                let frame = {
+                let at = t0 + Duration::from_micros(byte * period_us / FRAME_LEN as u64);
+                clock.sleep_until(at).await;
+                let offset = (byte % FRAME_LEN as u64) as usize;
+                let (chunk, len) = {
                     let mut st = state.borrow_mut();
                     if st.stopped {
                         return;
                     }
-                    st.period(FRAME_PERIOD)
+                    if offset == 0 {
+                        st.start_period(FRAME_PERIOD);
+                    }
+                    let len = st.chunk.min(FRAME_LEN - offset);
+                    (st.chunk(offset, len), len)
                 };
-                if let Some(bytes) = frame {
+                if let Some(bytes) = chunk {
                     // The link's writes never fail.
                     let _ = port.write(&bytes).await;
                 }
-                next += FRAME_PERIOD;
+                byte += len as u64;
             }
         })
+    }
+
+    /// Bytes written per wake-up (1-24, default [`DEFAULT_CHUNK`]): the mux takes effect at
+    /// chunk boundaries, so smaller chunks follow it more closely at the cost of more timers.
+    pub fn set_chunk_bytes(&self, bytes: usize) -> Result<(), HlwError> {
+        if !(1..=FRAME_LEN).contains(&bytes) {
+            return Err(HlwError::Chunk(bytes));
+        }
+        self.state.borrow_mut().chunk = bytes;
+        Ok(())
     }
 
     /// Stop transmitting at the next frame period (the bank loses power).
@@ -916,12 +970,33 @@ mod tests {
     }
 
     #[test]
+    fn a_mid_frame_switch_passes_the_new_chip_from_the_next_chunk() {
+        let mut r = rig(5);
+        r.bank.set_load(5, 500.0, 1.0).expect("load");
+        r.bank.set_load(1, 100.0, 1.0).expect("load");
+        r.k.run_until(Instant::from_millis(20));
+        r.pins.set(0x00FF | 0x0100);
+        r.k.run_until(Instant::from_millis(50));
+        // Period 0 is still the latest: chunks at 0, 9.2 and 18.3 ms came from chip 5, the
+        // ones from 27.5 ms on from chip 1, cut into at the same byte offset.
+        let five = r.bank.last_registers(5).expect("frame").frame();
+        let one = r.bank.last_registers(1).expect("frame").frame();
+        // The reader takes 24 bytes at a time: let the frame finish.
+        r.k.run_until(Instant::from_millis(56));
+        let raw = r.raw.borrow().clone();
+        assert!(raw.len() >= 20, "{} bytes", raw.len());
+        assert_eq!(raw[..12], five[..12]);
+        assert_eq!(raw[12..20], one[12..20]);
+        assert!(r.frames.borrow().is_empty(), "the mixed frame is not valid");
+    }
+
+    #[test]
     fn mux_disabled_leaves_the_line_idle() {
         let mut r = rig(0x08);
         r.k.run_until(Instant::from_millis(300));
         assert!(r.raw.borrow().is_empty());
         assert_eq!(r.bank.selected(), None);
-        assert!(r.bank.stats().idle_periods >= 5);
+        assert!(r.bank.stats().idle_chunks >= 5 * 6);
     }
 
     #[test]
@@ -1108,8 +1183,10 @@ mod tests {
                 .next()
                 .expect("a frame")
         };
-        // The first frame starts at 0, before the relay settles: no load yet.
-        assert_eq!(at(0)[0], 0xF2);
+        // At power-on port B floats low: the mux passes chip 0 until the init selects chip 2
+        // a fraction of a millisecond later, mid-frame. That first frame is a mix of both
+        // chips and fails its checksum; the next one is chip 2's.
+        assert_eq!(frames[0].0, Instant::from_millis(110));
         let on = Measurement::parse_bytes(&at(100))
             .expect("valid")
             .reading(&CAL);
@@ -1139,6 +1216,75 @@ mod tests {
             proptest::prop_assert!((f64::from(rd.current_a) - amps).abs() <= amps * 0.002 + 0.001);
             proptest::prop_assert!((f64::from(rd.power_factor) - pf).abs() <= 0.01);
         }
+    }
+
+    type Telemetry = [firmware_core::pdu::ChannelTelemetry; firmware_core::pdu::CHANNELS];
+
+    /// The firmware's MeterTask against the bank for 10 s: (trace hash, last telemetry).
+    fn meter_task_run(seed: u64) -> (u64, Telemetry) {
+        use firmware_core::pdu::meter::{MeterCore, MeterSettings, MeterTask, MuxError};
+        use firmware_core::pdu::{CHANNELS as OUTLETS, Outlet};
+
+        let mut k = Kernel::new(seed);
+        let pins = PinLevels::new(0x08FF); // all relays on, mux disabled until selected
+        let bank = Hlw8032Bank::new(&k, "hlw", BankWiring::from_pins(pins.clone()));
+        for ch in 0..CHIPS {
+            bank.set_load(ch, 100.0 * (ch + 1) as f64, 0.8)
+                .expect("load");
+        }
+        bank.set_silent(6, true).expect("fault");
+        let (_link, mcu, chip_side) =
+            uart::link(&k, "meter", UartConfig::new_8e1(4800)).expect("link");
+        bank.spawn(&mut k, chip_side).detach();
+        let latest: Rc<RefCell<Option<Telemetry>>> = Rc::default();
+        let l = latest.clone();
+        let tracer = k.tracer();
+        let mux = move |o: Outlet| -> Result<(), MuxError> {
+            // Port B bits 0-2 = select, bit 3 = EN (low = enabled).
+            pins.set((pins.get() & 0x00FF) | (o.index() as u16) << 8);
+            Ok(())
+        };
+        let sink = move |t: &Telemetry| {
+            tracer.sample("power_w.1", f64::from(t[0].power_w));
+            *l.borrow_mut() = Some(*t);
+        };
+        let core = MeterCore::new(MeterSettings::default(), [CAL; OUTLETS]);
+        let mut task = MeterTask::new(mcu, k.clock(), mux, sink, core);
+        k.spawn(TaskSpec::world("meter-task"), async move {
+            task.run().await;
+        })
+        .detach();
+        k.run_until(Instant::from_millis(10_000));
+        let t = latest.borrow().expect("telemetry published");
+        (k.with_trace(|tr| tr.hash()), t)
+    }
+
+    #[test]
+    fn the_firmware_meter_task_reads_every_outlet_through_the_mux() {
+        let (_, t) = meter_task_run(11);
+        for (ch, tel) in t.iter().enumerate() {
+            if ch == 6 {
+                assert!(tel.degraded, "the silent chip's outlet is degraded");
+                continue;
+            }
+            let watts = 100.0 * (ch + 1) as f64;
+            assert!(!tel.degraded, "outlet {} degraded", ch + 1);
+            near(tel.power_w, watts, watts * 0.003);
+            near(tel.voltage_v, 230.0, 1.0);
+            near(tel.current_a, watts / (230.0 * 0.8), 0.02 * watts / 184.0);
+            near(tel.power_factor, 0.8, 0.01);
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_meter_readings_and_trace() {
+        let (hash, t) = meter_task_run(21);
+        let (hash2, t2) = meter_task_run(21);
+        assert_eq!(hash, hash2);
+        assert_eq!(t, t2);
+        let (hash3, t3) = meter_task_run(22);
+        assert_ne!(hash, hash3, "the voltage noise follows the seed");
+        assert_ne!(t, t3);
     }
 
     #[test]

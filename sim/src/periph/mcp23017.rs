@@ -1,4 +1,4 @@
-//! The MCP23017 16-bit I²C GPIO expander, as a part on an [`I2cBus`](super::i2c::I2cBus).
+//! The MCP23017 16-bit I²C GPIO expander, as a part on an [`I2cBus`].
 //!
 //! This module owns the expander's registers and pins: the full register map in both address
 //! layouts (IOCON.BANK = 0, interleaved A/B, and BANK = 1, one bank per port), the power-on
@@ -868,5 +868,58 @@ mod tests {
         assert_eq!(r[0], Err(ErrorKind::Bus));
         assert!(matches!(r[1], Err(ErrorKind::NoAcknowledge(_))));
         assert_eq!(r[2], Ok(vec![0xFF]));
+    }
+
+    #[test]
+    fn the_firmware_driver_initialises_the_part_and_drives_its_pins() {
+        use firmware_core::pdu::mcp23017::{Mcp23017 as Driver, McpErrorKind, Port as FwPort};
+        let (mut k, bus, mcp) = setup();
+        mcp.borrow_mut()
+            .set_readback_fault(Register::Olat, Port::B, 0x80);
+        let out: Rc<RefCell<Vec<String>>> = Rc::default();
+        let o = out.clone();
+        let b = bus.clone();
+        k.spawn(TaskSpec::world("switch"), async move {
+            let mut drv = Driver::new(b.clone(), ADDR);
+            let log = |s: String| o.borrow_mut().push(s);
+            log(format!("init {:?}", drv.init().await.map_err(|e| e.kind)));
+            log(format!(
+                "write {:?}",
+                drv.write_port(FwPort::A, 0x5A).await.is_ok()
+            ));
+            log(format!("olata {:?}", drv.read_reg(0x14).await.ok()));
+            // Two NACKs, then the third attempt gets through.
+            b.nack_next(ADDR, 2);
+            log(format!(
+                "retry {:?}",
+                drv.write_port(FwPort::B, 0x02).await.is_ok()
+            ));
+            b.nack_next(ADDR, 3);
+            let e = drv.write_port(FwPort::B, 0x03).await.map_err(|e| e.kind);
+            log(format!(
+                "gives up {:?}",
+                e == Err(McpErrorKind::NoAcknowledge)
+            ));
+            log(format!("stats {:?}", drv.stats()));
+        })
+        .detach();
+        k.run_for(Duration::from_millis(50));
+        let m = mcp.borrow();
+        assert_eq!(m.register(Register::Iocon, Port::A), 0x20);
+        assert_eq!(m.register(Register::Iodir, Port::A), 0x00);
+        assert_eq!(m.register(Register::Iodir, Port::B), 0x00);
+        assert_eq!(m.pin_levels(), 0x025A);
+        let out = out.borrow();
+        // init read OLATB back through the fault (0x80) and wrote that back, as the real
+        // read-back-then-write init would; the later write to port B replaced it.
+        assert_eq!(out[0], "init Ok(())");
+        assert_eq!(out[1..4], ["write true", "olata Some(90)", "retry true"]);
+        assert_eq!(out[4], "gives up true");
+        assert!(
+            out[5].contains("failed_attempts: 5") && out[5].contains("failed_accesses: 1"),
+            "{}",
+            out[5]
+        );
+        assert_eq!(m.stats().faulty_reads, 1);
     }
 }

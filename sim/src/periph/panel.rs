@@ -473,6 +473,13 @@ impl Buttons {
             .fold(0, |acc, (n, b)| acc | (u8::from(self.pin_level(*b)) << n))
     }
 
+    /// Which contacts are closed now, bit n = [`Button::ALL`]`[n]`: the sample the firmware's
+    /// `ButtonPins` wants (the board inverts the active-low pins)
+    /// (`let pins = move || buttons.pressed_mask();`).
+    pub fn pressed_mask(&self) -> u8 {
+        !self.levels() & 0x0F
+    }
+
     /// Counters.
     pub fn stats(&self) -> ButtonStats {
         self.state.borrow().stats
@@ -660,5 +667,43 @@ mod tests {
         assert!(s.bounce_edges >= 4);
         assert_eq!(Button::parse("PWR"), Some(Button::Power));
         assert_eq!(Button::Set.gpio(), 14);
+    }
+
+    /// Press and release PLUS once and scan with the firmware's ButtonCore every `scan` with
+    /// `samples` debounce; count the selection moves it reports.
+    fn selection_moves(scan: Duration, samples: u8) -> usize {
+        use firmware_core::pdu::buttons::{ButtonCore, ButtonIntent};
+        use firmware_core::pdu::config::PduConfig;
+        let mut k = ticking_kernel(3);
+        let buttons = Buttons::new(&k, "buttons");
+        let mut core = ButtonCore::new(&PduConfig::default().buttons);
+        core.set_debounce_samples(samples);
+        // The core announces the initial selection first.
+        while core.poll_intent().is_some() {}
+        let mut moves = 0;
+        let mut t = Instant::ZERO;
+        while t < at_ms(200) {
+            if t == at_ms(20) {
+                buttons.press(Button::Plus);
+            }
+            if t == at_ms(120) {
+                buttons.release(Button::Plus);
+            }
+            core.handle_scan(buttons.pressed_mask(), t);
+            while let Some(i) = core.poll_intent() {
+                if matches!(i, ButtonIntent::Selection(_)) {
+                    moves += 1;
+                }
+            }
+            t += scan;
+            k.run_until(t);
+        }
+        moves
+    }
+
+    #[test]
+    fn the_firmware_debouncer_sees_one_press_where_a_raw_reader_sees_the_bounces() {
+        assert_eq!(selection_moves(Duration::from_millis(10), 3), 1);
+        assert!(selection_moves(Duration::from_micros(50), 1) > 1);
     }
 }
