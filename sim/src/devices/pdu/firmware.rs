@@ -785,8 +785,7 @@ async fn button_task(sh: Rc<Shared>, b: &'static Board) {
     let buttons = sh.parts.buttons.clone();
     let mut task = ButtonTask::new(
         ButtonCore::new(&cfg.buttons),
-        // GPIO levels are active low; the firmware's sampler wants bit = pressed.
-        move || !buttons.levels() & 0x0F,
+        move || buttons.pressed_mask(),
         sh.clock.clone(),
         &b.switch_q,
         &b.aux,
