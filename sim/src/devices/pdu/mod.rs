@@ -222,7 +222,6 @@ struct Snmp {
     value: Option<i64>,
     community: Option<String>,
     version: Option<String>,
-    label: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,7 +234,6 @@ struct Http {
     body: Option<String>,
     /// `user:password` for Basic auth.
     auth: Option<String>,
-    label: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -629,7 +627,7 @@ impl Pdu {
                 "public".into()
             }
         });
-        let label = a.label.unwrap_or_else(|| format!("{verb} {}", a.oid));
+        let label = format!("{verb} {}", a.oid);
         let id = self.sh.next_token() as i32;
         let req = encode_request(version, &community, pdu_tag(kind), id, &oid, a.value)
             .ok_or_else(|| format!("cannot encode a request for {}", a.oid))?;
@@ -668,7 +666,7 @@ impl Pdu {
         }
         req.push_str("\r\n");
         req.push_str(&body);
-        let label = a.label.unwrap_or_else(|| format!("{method} {}", a.path));
+        let label = format!("{method} {}", a.path);
         if self
             .sh
             .net_inbox
