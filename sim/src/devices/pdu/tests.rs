@@ -89,3 +89,16 @@ fn front_ends_answer_through_the_net_and_console_runners() {
         "read community cannot write:\n{t}"
     );
 }
+
+#[test]
+fn a_full_inbox_refuses_the_newest_and_counts_it() {
+    let inbox = super::net::Inbox::new(2);
+    assert!(inbox.offer(1).is_ok());
+    assert!(inbox.offer(2).is_ok());
+    assert_eq!(inbox.offer(3), Err(3));
+    let s = inbox.stats();
+    assert_eq!((s.accepted, s.dropped, s.high_water), (2, 1, 2));
+    assert_eq!(inbox.depth(), 2);
+    inbox.clear();
+    assert_eq!(inbox.depth(), 0);
+}
