@@ -49,12 +49,26 @@ pub struct PduTwin;
 struct PduHandle {
     eeprom: Rc<RefCell<Cat24c256>>,
     state_file: Option<PathBuf>,
-    _pty: Option<Pty>,
-    _device: Pdu,
+    pty: Option<Pty>,
+    device: Pdu,
 }
 
 impl LiveHandle for PduHandle {
     fn shutdown(&mut self) -> anyhow::Result<()> {
+        let sh = self.device.shared();
+        let net = sh.net_inbox.stats();
+        let console = sh.console_inbox.stats();
+        println!(
+            "pdu: net inbox accepted {} refused {} (high water {}); console inbox accepted {} refused {}; console output chunks dropped {}",
+            net.accepted,
+            net.dropped,
+            net.high_water,
+            console.accepted,
+            console.dropped,
+            self.pty
+                .as_ref()
+                .map_or(0, |p| p.dropped.load(Ordering::Relaxed)),
+        );
         if let Some(path) = &self.state_file {
             self.eeprom.borrow_mut().save()?;
             println!("pdu: EEPROM saved to {}", path.display());
@@ -137,8 +151,8 @@ impl LiveTwin for PduTwin {
         Ok(Box::new(PduHandle {
             eeprom: sh.parts.eeprom.clone(),
             state_file,
-            _pty: pty,
-            _device: device,
+            pty,
+            device,
         }))
     }
 }
