@@ -11,6 +11,7 @@ const OUTLET_2: &str = "1.3.6.1.4.1.19865.2.2.0";
 
 struct Twin {
     child: Child,
+    ready: PathBuf,
     snmp: String,
     http: String,
     console: String,
@@ -47,6 +48,7 @@ impl Twin {
         };
         let field = |k: &str| json[k].as_str().expect(k).to_owned();
         Twin {
+            ready,
             snmp: format!("udp:{}", field("pdu_snmp")),
             http: field("pdu_http"),
             console: field("pdu_console"),
@@ -272,4 +274,35 @@ fn a_udp_flood_does_not_stall_the_console() {
     let o = twin.snmp("snmpget", &["-c", "public", OUTLET_1]);
     assert!(text(&o).contains("INTEGER: 0"), "{}", text(&o));
     twin.quit();
+}
+
+#[test]
+fn twin_console_pdu_talks_to_the_running_console_on_stdin_and_stdout() {
+    let twin = Twin::start("stdio", &state_dir("pdu-live-stdio"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twin"))
+        .args(["console", "pdu", "--ready-file"])
+        .arg(&twin.ready)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("twin console starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"SET_CH 6 ON\nHELP\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("twin console exits");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("CH6 = ON"), "{stdout}");
+    assert!(stdout.contains("ENERGIS PDU Console Commands"), "{stdout}");
+    twin.quit();
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_twin"))
+        .args(["console", "toaster", "--path", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("twin runs");
+    assert_eq!(refused.status.code(), Some(2));
 }

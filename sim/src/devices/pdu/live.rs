@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -324,4 +324,63 @@ impl Pty {
             _slave: slave,
         })
     }
+}
+
+/// The console path a running twin announced in its ready file (`pdu_console`).
+pub fn console_from_ready_file(ready: &Path) -> anyhow::Result<PathBuf> {
+    let text = std::fs::read_to_string(ready)
+        .with_context(|| format!("reading the ready file {}", ready.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", ready.display()))?;
+    json.get("pdu_console")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from)
+        .with_context(|| format!("{} names no pdu_console", ready.display()))
+}
+
+/// `twin console pdu`: bridge this process's stdin and stdout to the console pseudo-terminal at
+/// `path`. Bytes typed go to the console as they are (it ends lines at CR, LF or CR LF); its
+/// replies are copied to stdout. Returns one second after stdin closes, so the last replies
+/// arrive first.
+pub fn attach_console(path: &Path) -> anyhow::Result<()> {
+    let port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening the console {}", path.display()))?;
+    // SAFETY: termios is plain data; tcgetattr fills it from a valid, open fd.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(port.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(port.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+    let mut from_console = port.try_clone()?;
+    std::thread::Builder::new()
+        .name("console-out".into())
+        .spawn(move || {
+            let mut buf = [0u8; 512];
+            let mut stdout = std::io::stdout();
+            while let Ok(n) = from_console.read(&mut buf) {
+                if n == 0
+                    || stdout.write_all(buf.get(..n).unwrap_or(&[])).is_err()
+                    || stdout.flush().is_err()
+                {
+                    return;
+                }
+            }
+        })?;
+    let mut to_console = port;
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = [0u8; 512];
+    loop {
+        let n = stdin.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        to_console.write_all(buf.get(..n).unwrap_or(&[]))?;
+    }
+    std::thread::sleep(StdDuration::from_secs(1));
+    Ok(())
 }
