@@ -401,7 +401,7 @@ fn check_action(verb: &str, params: &toml::Table) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // States
 
-const STATES: &str = "relay<N>, relays, led.fault, led.eth, led.pwr, led.ch<N>, switch_state, \
+const STATES: &str = "relay<N>, relays, led.fault, led.eth, led.pwr, led.ch<N>, led.sel<N>, switch_state, \
     ocp_state, meter.<N>.degraded, meter.<N>.power_w, meter.<N>.current_a, config.<key>, \
     config_source, boots, powered, net.accepted, net.dropped, net.high_water, snmp.<counter>, \
     flood.sent, flood.replies, flood.unaccounted, switch_q.<stat>, log_q.<stat>, health.hung, io_errors";
@@ -419,7 +419,10 @@ fn check_state(key: &str) -> Result<(), String> {
             QUEUE_FIELDS.contains(&field)
         }
         k if k.starts_with("relay") => k[5..].parse::<u8>().ok().and_then(Outlet::new).is_some(),
-        k if k.starts_with("led.ch") => k[6..].parse::<u8>().ok().and_then(Outlet::new).is_some(),
+        k if k.starts_with("led.ch") || k.starts_with("led.sel") => {
+            let n = k.trim_start_matches("led.ch").trim_start_matches("led.sel");
+            n.parse::<u8>().ok().and_then(Outlet::new).is_some()
+        }
         k if k.starts_with("meter.") => {
             let mut it = k[6..].splitn(2, '.');
             let ch = it
@@ -906,6 +909,10 @@ impl Device for Pdu {
             k if k.starts_with("led.ch") => {
                 let o = Outlet::new(k[6..].parse().ok()?)?;
                 StateValue::Bool(leds.channels & (1 << o.index()) != 0)
+            }
+            k if k.starts_with("led.sel") => {
+                let o = Outlet::new(k[7..].parse().ok()?)?;
+                StateValue::Bool(leds.selection & (1 << o.index()) != 0)
             }
             k if k.starts_with("relay") => {
                 let o = Outlet::new(k[5..].parse().ok()?)?;
