@@ -122,14 +122,20 @@ struct ScenarioArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Scenario runs record what the firmware logs in their trace already; printing it too would
+    // bury the report. `RUST_LOG` still overrides.
+    let default_filter = match cli.command {
+        Some(Command::Scenario(_)) => "off",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Scenario(args) => scenario_command(args),
         Command::Console(args) => match console_command(args) {
