@@ -2,6 +2,7 @@
 //! demonstrations. A device kind is a [`DeviceSpec`] parsed from its scenario table, checked
 //! before anything runs, then built into a running [`Device`] on a kernel.
 pub mod demo;
+pub mod pump;
 
 use std::fmt;
 
@@ -78,12 +79,13 @@ pub trait Device {
 }
 
 /// Every device kind, for error messages.
-pub const KINDS: &[&str] = &["demo.cores"];
+pub const KINDS: &[&str] = &["demo.cores", "pump"];
 
 /// Parse a device table of kind `kind`.
 pub fn parse_spec(kind: &str, table: &toml::Table) -> Result<Box<dyn DeviceSpec>, String> {
     match kind {
         "demo.cores" => Ok(Box::new(demo::CoresSpec::parse(table)?)),
+        "pump" => Ok(Box::new(pump::PumpSpec::parse(table)?)),
         other => Err(format!(
             "unknown device kind `{other}` (known: {})",
             KINDS.join(", ")

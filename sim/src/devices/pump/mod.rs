@@ -1,0 +1,1061 @@
+//! `kind = "pump"`: the pump controller twin (DESIGN "Device A").
+//!
+//! The firmware's motion task ([`MotionTask`] with [`PumpMotion`]) runs on a simulated core
+//! against the simulated FluidNC board ([`board`]) over a 115200 8N1 UART; the network side
+//! ([`net`]: outbox, status publisher, WebSocket feed, command parser) runs on the other core and
+//! publishes through the WiFi model to a broker (a fake world task in deterministic runs, a real
+//! `rumqttd` in live mode).
+//!
+//! Architecture options (`arch`):
+//! * `option1`: ESP32, core 1 pump control, core 0 network, the governor ignored by the network
+//!   (full rate while dispensing, one FIFO outbox);
+//! * `option2`: the same with the governor (the production design);
+//! * `option3`: two MCUs: a pump MCU (one core: motion + serial link) and a WiFi MCU (one core:
+//!   serial link + network), joined by the firmware's framed link ([`LinkTask`]) over a
+//!   simulated UART; the WiFi MCU derives the priority from the snapshots it receives.
+//!
+//! Core and priority map (ESP32 names): the WiFi driver's background task at 23 on the network
+//! core, the command task 7, the event bridge 6, the MQTT task 5, status 4, WebSocket 3; motion
+//! 20 and the 10 ms control tick 15 on the pump core; the option-3 link tasks at 10.
+pub mod board;
+pub mod net;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::signal::Signal;
+use embedded_io_async::{ErrorType, Read, Write};
+use firmware_core::pump::dispense::{
+    MotionChannels, MotionCommand, MotionConfig, MotionTask, PumpMotion, Recipe, RecipeStep,
+};
+use firmware_core::pump::estop::{EstopButton, EstopTrigger};
+use firmware_core::pump::link::{
+    LinkConfig, LinkEndpoint, LinkEvent, LinkTask, PumpSource, PumpToHost, QueueSink, QueueSource,
+};
+use firmware_core::pump::{DispenseRequest, Governor, Priority, Pump};
+use firmware_core::queue::{FullPolicy, Queue};
+use firmware_core::time::{Duration, Instant};
+use serde::Deserialize;
+
+use self::board::Board;
+use self::net::{Broker, Net, NetCounters, NetTiming, Outbox, Wifi, WifiConfig};
+use super::{Device, DeviceSpec, StateValue, from_table, serde_duration};
+use crate::kernel::{CoreId, Kernel, SimClock, TaskSpec};
+use crate::periph::uart::{self, UartConfig, UartLink, UartPort};
+
+/// Architecture option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Dual core, governor disabled.
+    Option1,
+    /// Dual core with the governor (production).
+    #[default]
+    Option2,
+    /// Two MCUs joined by a serial link.
+    Option3,
+}
+
+impl Arch {
+    /// All options, in order.
+    pub const ALL: [Arch; 3] = [Arch::Option1, Arch::Option2, Arch::Option3];
+    /// Name as written in scenarios.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Option1 => "option1",
+            Arch::Option2 => "option2",
+            Arch::Option3 => "option3",
+        }
+    }
+}
+
+/// How the E-stop button reaches the motion task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EstopInput {
+    /// A GPIO interrupt signals the motion task at the edge.
+    #[default]
+    Interrupt,
+    /// A task samples the pin every `estop_poll` (a slower design, for comparison).
+    Poll,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WifiTable {
+    #[serde(default, with = "opt_duration")]
+    latency: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    jitter: Option<Duration>,
+    #[serde(default)]
+    loss: Option<f64>,
+    #[serde(default)]
+    rate_mbps: Option<f64>,
+}
+
+mod opt_duration {
+    use firmware_core::time::Duration;
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::serde_duration::deserialize(d).map(Some)
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyTable {
+    #[serde(default, with = "opt_duration")]
+    status_idle: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    status_dispensing: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    status_emergency: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    ws_idle: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    ws_dispensing: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    ws_emergency: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    drain_dispensing: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DoseTable {
+    pump: String,
+    volume_ml: f32,
+    flow_ml_min: f32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeTable {
+    name: String,
+    /// Steps, each a list of doses run together.
+    steps: Vec<Vec<DoseTable>>,
+}
+
+/// A checked `kind = "pump"` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PumpSpec {
+    #[serde(default)]
+    arch: Arch,
+    /// Outbox capacity.
+    #[serde(default = "default_outbox")]
+    outbox: usize,
+    #[serde(default)]
+    wifi: Option<WifiTable>,
+    #[serde(default)]
+    policy: PolicyTable,
+    #[serde(default)]
+    estop_input: EstopInput,
+    #[serde(default = "default_estop_poll", with = "serde_duration")]
+    estop_poll: Duration,
+    /// Calibration of every pump.
+    #[serde(default = "default_ml_per_mm")]
+    ml_per_mm: f32,
+    /// WebSocket clients connected from the start.
+    #[serde(default)]
+    ws_clients: u32,
+    #[serde(default, rename = "recipe")]
+    recipes: Vec<RecipeTable>,
+    #[serde(skip)]
+    checked_recipes: Vec<Recipe>,
+}
+
+fn default_outbox() -> usize {
+    50
+}
+fn default_estop_poll() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_ml_per_mm() -> f32 {
+    0.05
+}
+
+const ACTIONS: &str = "dispense, recipe, estop, resume, stop, mqtt.command, ws.connect, wifi, \
+    wifi.disconnect, wifi.reconnect, wifi.load, broker.down, broker.up, fluidnc.alarm, \
+    fluidnc.never_idle, fluidnc.disconnect, fluidnc.reconnect, fluidnc.garbage, fluidnc.stuck";
+
+const STATES: &str = "priority, pump.<X|Y|Z|A>.active, pump.<X>.dispensed_ml, queue.depth, \
+    queue.drops, queue.high_water, uart.last_tx, uart.lines, mqtt.delivered, mqtt.lost, \
+    mqtt.connected, mqtt.first_after_estop, mqtt.retained_status, ws.frames, fluidnc.state, \
+    resume.dispensed_ml, events.lost, commands.bad, commands.refused, control.missed, \
+    control.max_late_us, link.retransmitted";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DispenseAction {
+    pump: String,
+    volume_ml: f32,
+    flow_ml_min: f32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameAction {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonAction {
+    json: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsAction {
+    clients: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadAction {
+    /// Airtime fraction taken by other traffic (0 to 0.95).
+    airtime: f64,
+    /// CPU fraction of the network core the WiFi task spends on it.
+    #[serde(default)]
+    cpu: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlarmAction {
+    #[serde(default = "one")]
+    code: u16,
+}
+fn one() -> u16 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GarbageAction {
+    #[serde(default = "default_garbage")]
+    bytes: usize,
+}
+fn default_garbage() -> usize {
+    48
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PumpAction {
+    pump: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+fn pump_of(s: &str) -> Result<Pump, String> {
+    let mut c = s.chars();
+    match (c.next().and_then(Pump::from_axis), c.next()) {
+        (Some(p), None) => Ok(p),
+        _ => Err(format!("pump `{s}`: expected X, Y, Z or A")),
+    }
+}
+
+fn dose(pump: &str, volume_ml: f32, flow_ml_min: f32) -> Result<DispenseRequest, String> {
+    let pump = pump_of(pump)?;
+    if !(volume_ml.is_finite() && volume_ml > 0.0) {
+        return Err(format!("volume_ml must be above zero, got {volume_ml}"));
+    }
+    if !(flow_ml_min.is_finite() && flow_ml_min > 0.0) {
+        return Err(format!("flow_ml_min must be above zero, got {flow_ml_min}"));
+    }
+    Ok(DispenseRequest {
+        pump,
+        volume_ml,
+        flow_ml_min,
+    })
+}
+
+impl PumpSpec {
+    /// Parse and check a `pump` table.
+    pub fn parse(table: &toml::Table) -> Result<Self, String> {
+        let mut spec: PumpSpec = from_table(table)?;
+        if spec.outbox == 0 || spec.outbox > 10_000 {
+            return Err(format!("outbox must be 1 to 10000, got {}", spec.outbox));
+        }
+        if !(spec.ml_per_mm.is_finite() && spec.ml_per_mm > 0.0) {
+            return Err(format!(
+                "ml_per_mm must be above zero, got {}",
+                spec.ml_per_mm
+            ));
+        }
+        if spec.estop_poll == Duration::ZERO {
+            return Err("estop_poll must be above zero".into());
+        }
+        if let Some(w) = &spec.wifi {
+            check_wifi(w)?;
+        }
+        let mut recipes = vec![demo_recipe()];
+        for r in &spec.recipes {
+            let name = heapless::String::try_from(r.name.as_str())
+                .map_err(|_| format!("recipe name `{}` is too long (24 bytes max)", r.name))?;
+            let mut steps = heapless::Vec::new();
+            for s in &r.steps {
+                let mut doses = heapless::Vec::new();
+                for d in s {
+                    doses
+                        .push(dose(&d.pump, d.volume_ml, d.flow_ml_min)?)
+                        .map_err(|_| format!("recipe `{}`: more than 4 doses in a step", r.name))?;
+                }
+                steps
+                    .push(RecipeStep { doses })
+                    .map_err(|_| format!("recipe `{}`: more than 16 steps", r.name))?;
+            }
+            recipes.retain(|x: &Recipe| x.name != name);
+            recipes.push(Recipe { name, steps });
+        }
+        if recipes.len() > 8 {
+            return Err("at most 8 recipes".into());
+        }
+        spec.checked_recipes = recipes;
+        Ok(spec)
+    }
+
+    /// The same spec with another architecture option.
+    pub fn with_arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
+        self
+    }
+
+    /// A default spec (option 2, no WebSocket clients).
+    pub fn default_spec() -> Self {
+        PumpSpec::parse(&toml::Table::new()).unwrap_or_else(|_| unreachable!())
+    }
+
+    fn timing(&self) -> NetTiming {
+        let mut t = NetTiming::default();
+        let p = &self.policy;
+        let set = |slot: &mut Duration, v: Option<Duration>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut t.status[0], p.status_idle);
+        set(&mut t.status[1], p.status_dispensing);
+        set(&mut t.status[2], p.status_emergency);
+        set(&mut t.ws[0], p.ws_idle);
+        set(&mut t.ws[1], p.ws_dispensing);
+        set(&mut t.ws[2], p.ws_emergency);
+        set(&mut t.drain[1].1, p.drain_dispensing);
+        t
+    }
+
+    fn wifi_config(&self) -> WifiConfig {
+        let mut c = WifiConfig::default();
+        if let Some(w) = &self.wifi {
+            apply_wifi(&mut c, w);
+        }
+        c
+    }
+}
+
+fn check_wifi(w: &WifiTable) -> Result<(), String> {
+    if let Some(l) = w.loss
+        && !(0.0..=0.9).contains(&l)
+    {
+        return Err(format!("wifi loss must be 0 to 0.9, got {l}"));
+    }
+    if let Some(r) = w.rate_mbps
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(format!("wifi rate_mbps must be above zero, got {r}"));
+    }
+    Ok(())
+}
+
+fn apply_wifi(c: &mut WifiConfig, w: &WifiTable) {
+    if let Some(v) = w.latency {
+        c.latency = v;
+    }
+    if let Some(v) = w.jitter {
+        c.jitter = v;
+    }
+    if let Some(v) = w.loss {
+        c.loss = v;
+    }
+    if let Some(v) = w.rate_mbps {
+        c.rate_bps = v * 1e6;
+    }
+}
+
+fn demo_recipe() -> Recipe {
+    let mut steps = heapless::Vec::new();
+    for pump in [Pump::X, Pump::Y] {
+        let mut doses = heapless::Vec::new();
+        let _ = doses.push(DispenseRequest {
+            pump,
+            volume_ml: 2.0,
+            flow_ml_min: 10.0,
+        });
+        let _ = steps.push(RecipeStep { doses });
+    }
+    Recipe {
+        name: heapless::String::try_from("demo").unwrap_or_default(),
+        steps,
+    }
+}
+
+impl DeviceSpec for PumpSpec {
+    fn check_action(&self, verb: &str, params: &toml::Table) -> Result<(), String> {
+        match verb {
+            "dispense" => {
+                let a: DispenseAction = from_table(params)?;
+                dose(&a.pump, a.volume_ml, a.flow_ml_min).map(|_| ())
+            }
+            "recipe" => {
+                let a: NameAction = from_table(params)?;
+                if self
+                    .checked_recipes
+                    .iter()
+                    .any(|r| r.name == a.name.as_str())
+                {
+                    Ok(())
+                } else {
+                    Err(format!("no recipe `{}`", a.name))
+                }
+            }
+            "mqtt.command" => from_table::<JsonAction>(params).map(|_| ()),
+            "ws.connect" => from_table::<ClientsAction>(params).map(|_| ()),
+            "wifi" => check_wifi(&from_table::<WifiTable>(params)?),
+            "wifi.load" => {
+                let a: LoadAction = from_table(params)?;
+                if !(0.0..=0.95).contains(&a.airtime) || !(0.0..=0.95).contains(&a.cpu) {
+                    return Err("airtime and cpu must be 0 to 0.95".into());
+                }
+                Ok(())
+            }
+            "fluidnc.alarm" => from_table::<AlarmAction>(params).map(|_| ()),
+            "fluidnc.garbage" => from_table::<GarbageAction>(params).map(|_| ()),
+            "fluidnc.stuck" => pump_of(&from_table::<PumpAction>(params)?.pump).map(|_| ()),
+            "estop" | "resume" | "stop" | "wifi.disconnect" | "wifi.reconnect" | "broker.down"
+            | "broker.up" | "fluidnc.never_idle" | "fluidnc.disconnect" | "fluidnc.reconnect" => {
+                from_table::<Empty>(params).map(|_| ())
+            }
+            other => Err(format!("pump has no action `{other}` (actions: {ACTIONS})")),
+        }
+    }
+
+    fn check_state(&self, key: &str) -> Result<(), String> {
+        if let Some(rest) = key.strip_prefix("pump.") {
+            let (p, field) = rest
+                .split_once('.')
+                .ok_or_else(|| format!("state `{key}`: expected pump.<X>.active|dispensed_ml"))?;
+            pump_of(p)?;
+            return match field {
+                "active" | "dispensed_ml" => Ok(()),
+                other => Err(format!("no pump state `{other}` (active, dispensed_ml)")),
+            };
+        }
+        match key {
+            "priority"
+            | "queue.depth"
+            | "queue.drops"
+            | "queue.high_water"
+            | "uart.last_tx"
+            | "uart.lines"
+            | "mqtt.delivered"
+            | "mqtt.lost"
+            | "mqtt.connected"
+            | "mqtt.first_after_estop"
+            | "mqtt.retained_status"
+            | "ws.frames"
+            | "fluidnc.state"
+            | "resume.dispensed_ml"
+            | "events.lost"
+            | "commands.bad"
+            | "commands.refused"
+            | "control.missed"
+            | "control.max_late_us"
+            | "link.retransmitted" => Ok(()),
+            other => Err(format!("pump has no state `{other}` (states: {STATES})")),
+        }
+    }
+
+    fn build(&self, name: &str, kernel: &mut Kernel) -> Box<dyn Device> {
+        Box::new(build(self, name, kernel))
+    }
+}
+
+/// Firmware state shared by the pump-side tasks.
+pub struct Fw {
+    /// The governor.
+    pub gov: Governor<NoopRawMutex, 2>,
+    /// The motion task's channels.
+    pub channels: MotionChannels<NoopRawMutex>,
+    /// Link state of the pump MCU's end (option 3).
+    link_state: Signal<NoopRawMutex, LinkEvent>,
+}
+
+/// The WiFi MCU's side of option 3.
+struct Host {
+    cmds: Queue<NoopRawMutex, MotionCommand, 8>,
+    up: Queue<NoopRawMutex, PumpToHost, 32>,
+    link_state: Signal<NoopRawMutex, LinkEvent>,
+    retransmitted: Cell<u32>,
+}
+
+/// Half of a UART port for tasks that take separate read and write halves.
+///
+/// The motion and link runners never read and write at the same time (the read future is
+/// dropped before they write), so the shared borrow is never contended.
+#[derive(Clone)]
+pub struct Half(Rc<RefCell<UartPort>>);
+
+impl ErrorType for Half {
+    type Error = core::convert::Infallible;
+}
+
+impl Read for Half {
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        self.0.borrow_mut().read(buf).await
+    }
+}
+
+impl Write for Half {
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        self.0.borrow_mut().write(buf).await
+    }
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        self.0.borrow_mut().flush().await
+    }
+}
+
+fn halves(p: UartPort) -> (Half, Half) {
+    let h = Half(Rc::new(RefCell::new(p)));
+    (h.clone(), h)
+}
+
+/// The running pump twin.
+pub struct PumpDevice {
+    name: String,
+    arch: Arch,
+    clock: SimClock,
+    /// The firmware's shared state.
+    pub fw: Rc<Fw>,
+    host: Option<Rc<Host>>,
+    /// The network side.
+    pub net: Rc<Net>,
+    /// The simulated FluidNC board.
+    pub board: Board,
+    fluidnc_uart: UartLink,
+    button: Rc<Cell<bool>>,
+    estop_input: EstopInput,
+    control: Rc<ControlStats>,
+    load_kick: Rc<Signal<NoopRawMutex, ()>>,
+}
+
+#[derive(Default)]
+struct ControlStats {
+    missed: Cell<u64>,
+    max_late: Cell<Duration>,
+}
+
+/// Build the twin on `kernel`.
+pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
+    let clock = kernel.clock();
+    let tracer = kernel.tracer();
+    let fw = Rc::new(Fw {
+        gov: Governor::new(),
+        channels: MotionChannels::new(),
+        link_state: Signal::new(),
+    });
+    let (pump_core, net_core): (CoreId, CoreId) = match spec.arch {
+        Arch::Option1 | Arch::Option2 => (
+            kernel.add_core(format!("{name}.core1")),
+            kernel.add_core(format!("{name}.core0")),
+        ),
+        Arch::Option3 => (
+            kernel.add_core(format!("{name}.pumpmcu")),
+            kernel.add_core(format!("{name}.wifimcu")),
+        ),
+    };
+    // The FluidNC UART and the board.
+    let (fluidnc_uart, mcu_port, board_port) = uart::link(
+        kernel,
+        &format!("{name}.uart"),
+        UartConfig::new_8n1(115_200),
+    )
+    .unwrap_or_else(|_| unreachable!("115200 8N1 is a valid line"));
+    let board = Board::new(
+        name,
+        clock.clone(),
+        tracer.clone(),
+        kernel.rng(&format!("{name}.fluidnc")),
+    );
+    kernel
+        .spawn(
+            TaskSpec::world(format!("{name}.fluidnc")),
+            board.clone().run(board_port),
+        )
+        .detach();
+
+    // The motion task.
+    let cfg = MotionConfig {
+        ml_per_mm: [spec.ml_per_mm; 4],
+        ..MotionConfig::default()
+    };
+    let recipes = spec.checked_recipes.clone();
+    let (rx, tx) = halves(mcu_port);
+    let f = fw.clone();
+    let c = clock.clone();
+    kernel
+        .spawn(
+            TaskSpec::on_core(
+                format!("{name}.motion"),
+                pump_core,
+                20,
+                Duration::from_micros(30),
+            ),
+            async move {
+                let fw = f;
+                let mut core = PumpMotion::new(&fw.gov, cfg);
+                for r in recipes {
+                    let _ = core.recipes_mut().insert(r);
+                }
+                let mut task = MotionTask::new(core, rx, tx, c, &fw.channels);
+                task.run().await
+            },
+        )
+        .detach();
+
+    // The E-stop input and the control tick.
+    let button = Rc::new(Cell::new(false));
+    if spec.estop_input == EstopInput::Poll {
+        let (f, c, b, period) = (fw.clone(), clock.clone(), button.clone(), spec.estop_poll);
+        kernel
+            .spawn(
+                TaskSpec::on_core(
+                    format!("{name}.estop_poll"),
+                    pump_core,
+                    25,
+                    Duration::from_micros(5),
+                ),
+                async move {
+                    let mut input = EstopButton::new();
+                    loop {
+                        c.sleep(period).await;
+                        if input.handle_level(b.get()) {
+                            f.channels.estop.signal(EstopTrigger::Button);
+                        }
+                    }
+                },
+            )
+            .detach();
+    }
+    let control = Rc::new(ControlStats::default());
+    {
+        let (c, st) = (clock.clone(), control.clone());
+        kernel
+            .spawn(
+                TaskSpec::on_core(
+                    format!("{name}.control"),
+                    pump_core,
+                    15,
+                    Duration::from_micros(40),
+                ),
+                async move {
+                    let period = Duration::from_millis(10);
+                    let mut due = Instant::ZERO;
+                    loop {
+                        due += period;
+                        c.sleep_until(due).await;
+                        let late = c.now().saturating_since(due);
+                        if late > Duration::from_millis(1) {
+                            st.missed.set(st.missed.get() + 1);
+                        }
+                        if late > st.max_late.get() {
+                            st.max_late.set(late);
+                        }
+                    }
+                },
+            )
+            .detach();
+    }
+
+    // Option 3: the serial link between the two MCUs.
+    let host = if spec.arch == Arch::Option3 {
+        let host = Rc::new(Host {
+            cmds: Queue::new(FullPolicy::RejectNew),
+            up: Queue::new(FullPolicy::DropOldest),
+            link_state: Signal::new(),
+            retransmitted: Cell::new(0),
+        });
+        let (_link, a, b) = uart::link(
+            kernel,
+            &format!("{name}.link"),
+            UartConfig::new_8n1(115_200),
+        )
+        .unwrap_or_else(|_| unreachable!("115200 8N1 is a valid line"));
+        let (arx, atx) = halves(a);
+        let (brx, btx) = halves(b);
+        let (f, c) = (fw.clone(), clock.clone());
+        kernel
+            .spawn(
+                TaskSpec::on_core(
+                    format!("{name}.link_pump"),
+                    pump_core,
+                    10,
+                    Duration::from_micros(20),
+                ),
+                async move {
+                    let fw = f;
+                    let Some(source) = PumpSource::new(&fw.channels) else {
+                        return;
+                    };
+                    let mut t = LinkTask::new(
+                        LinkEndpoint::new(LinkConfig::default(), 1),
+                        arx,
+                        atx,
+                        c,
+                        source,
+                        QueueSink(&fw.channels.commands),
+                        &fw.link_state,
+                    );
+                    t.run().await;
+                },
+            )
+            .detach();
+        let (h, c) = (host.clone(), clock.clone());
+        kernel
+            .spawn(
+                TaskSpec::on_core(
+                    format!("{name}.link_wifi"),
+                    net_core,
+                    10,
+                    Duration::from_micros(20),
+                ),
+                async move {
+                    let host = h;
+                    let mut t = LinkTask::new(
+                        LinkEndpoint::new(LinkConfig::default(), 2),
+                        brx,
+                        btx,
+                        c,
+                        QueueSource(&host.cmds),
+                        QueueSink(&host.up),
+                        &host.link_state,
+                    );
+                    t.run().await;
+                },
+            )
+            .detach();
+        Some(host)
+    } else {
+        None
+    };
+
+    // The network side.
+    let submit: Box<dyn FnMut(MotionCommand) -> bool> = match &host {
+        Some(h) => {
+            let h = h.clone();
+            Box::new(move |cmd| h.cmds.offer(cmd).is_queued())
+        }
+        None => {
+            let f = fw.clone();
+            Box::new(move |cmd| f.channels.commands.offer(cmd).is_queued())
+        }
+    };
+    let net = Rc::new(Net {
+        name: name.to_owned(),
+        clock: clock.clone(),
+        tracer: tracer.clone(),
+        outbox: RefCell::new(Outbox::new(spec.outbox, spec.arch != Arch::Option1)),
+        wifi: RefCell::new(Wifi::new(
+            spec.wifi_config(),
+            kernel.rng(&format!("{name}.wifi")),
+        )),
+        broker: RefCell::new(Broker::new()),
+        governed: spec.arch != Arch::Option1,
+        priority: Cell::new(Priority::Idle),
+        snapshot: Cell::new(Default::default()),
+        unshown_since: Cell::new(None),
+        ws_clients: Cell::new(spec.ws_clients),
+        mqtt_connected: Cell::new(true),
+        counters: NetCounters::default(),
+        inbox: RefCell::new(Default::default()),
+        mqtt_kick: Signal::new(),
+        status_kick: Signal::new(),
+        ws_kick: Signal::new(),
+        broker_kick: Signal::new(),
+        cmd_kick: Signal::new(),
+        submit: RefCell::new(submit),
+        ws_sink: RefCell::new(None),
+        timing: spec.timing(),
+    });
+    let load_kick = Rc::new(Signal::new());
+    let net_task = |kernel: &mut Kernel, task: &str, prio: u8, fut| {
+        kernel
+            .spawn(
+                TaskSpec::on_core(
+                    format!("{name}.{task}"),
+                    net_core,
+                    prio,
+                    Duration::from_micros(20),
+                ),
+                fut,
+            )
+            .detach();
+    };
+    net_task(
+        kernel,
+        "wifi",
+        23,
+        Box::pin(net.clone().wifi_load_task(load_kick.clone()))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+    );
+    net_task(kernel, "cmd", 7, Box::pin(net.clone().cmd_task()));
+    net_task(kernel, "mqtt", 5, Box::pin(net.clone().mqtt_task()));
+    net_task(kernel, "status", 4, Box::pin(net.clone().status_task()));
+    net_task(kernel, "ws", 3, Box::pin(net.clone().ws_task()));
+    // The bridge: motion events and snapshots to the network side.
+    let bridge: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = match &host {
+        Some(h) => {
+            let (h, n) = (h.clone(), net.clone());
+            Box::pin(async move {
+                loop {
+                    match h.up.receive().await {
+                        PumpToHost::Event(ev) => n.publish_event(&ev),
+                        PumpToHost::Snapshot(s) => {
+                            n.set_snapshot(s);
+                            n.set_priority(if s.emergency {
+                                Priority::Emergency
+                            } else if s.dispensing {
+                                Priority::Dispensing
+                            } else {
+                                Priority::Idle
+                            });
+                        }
+                    }
+                }
+            })
+        }
+        None => {
+            let (f, n) = (fw.clone(), net.clone());
+            Box::pin(async move {
+                let fw = f;
+                let Some(mut source) = PumpSource::new(&fw.channels) else {
+                    return;
+                };
+                use firmware_core::pump::link::LinkSource;
+                loop {
+                    match source.next().await {
+                        PumpToHost::Event(ev) => n.publish_event(&ev),
+                        PumpToHost::Snapshot(s) => n.set_snapshot(s),
+                    }
+                    n.set_priority(fw.gov.get());
+                }
+            })
+        }
+    };
+    net_task(kernel, "bridge", 6, bridge);
+    kernel
+        .spawn(
+            TaskSpec::world(format!("{name}.broker")),
+            net.clone().broker_task(),
+        )
+        .detach();
+
+    PumpDevice {
+        name: name.to_owned(),
+        arch: spec.arch,
+        clock,
+        fw,
+        host,
+        net,
+        board,
+        fluidnc_uart,
+        button,
+        estop_input: spec.estop_input,
+        control,
+        load_kick,
+    }
+}
+
+impl PumpDevice {
+    /// The architecture option it runs.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// Hand a command to the motion task the way a local request does (console, UI).
+    pub fn local_command(&self, cmd: MotionCommand) -> bool {
+        self.fw.channels.commands.offer(cmd).is_queued()
+    }
+
+    /// Press the E-stop button.
+    pub fn press_estop(&self) {
+        self.board.state.borrow_mut().estop_edge = Some(self.clock.now());
+        self.net.broker.borrow_mut().watch_first = true;
+        self.button.set(true);
+        self.net
+            .tracer
+            .record(&format!("{}.estop", self.name), "button pressed");
+        // With an interrupt the edge reaches the motion task at once; the polled input
+        // finds it at its next sample.
+        if self.estop_input == EstopInput::Interrupt {
+            self.fw.channels.estop.signal(EstopTrigger::Button);
+        }
+    }
+}
+
+impl Device for PumpDevice {
+    fn act(&mut self, verb: &str, params: &toml::Table) -> Result<(), String> {
+        let now = self.clock.now();
+        match verb {
+            "dispense" => {
+                let a: DispenseAction = from_table(params)?;
+                let mut doses = heapless::Vec::new();
+                let _ = doses.push(dose(&a.pump, a.volume_ml, a.flow_ml_min)?);
+                self.board.state.borrow_mut().command_sent = Some(now);
+                if !self.local_command(MotionCommand::Dispense(doses)) {
+                    return Err("the motion command queue is full".into());
+                }
+            }
+            "recipe" => {
+                let a: NameAction = from_table(params)?;
+                let name = heapless::String::try_from(a.name.as_str())
+                    .map_err(|_| "recipe name too long".to_owned())?;
+                self.board.state.borrow_mut().command_sent = Some(now);
+                if !self.local_command(MotionCommand::StartRecipe(name)) {
+                    return Err("the motion command queue is full".into());
+                }
+            }
+            "stop" => {
+                if !self.local_command(MotionCommand::Stop) {
+                    return Err("the motion command queue is full".into());
+                }
+            }
+            "estop" => self.press_estop(),
+            "resume" => {
+                self.button.set(false);
+                if !self.local_command(MotionCommand::Resume) {
+                    return Err("the motion command queue is full".into());
+                }
+            }
+            "mqtt.command" => {
+                let a: JsonAction = from_table(params)?;
+                if a.json.contains("\"dispense\"") || a.json.contains("\"recipe\"") {
+                    self.board.state.borrow_mut().command_sent = Some(now);
+                }
+                self.net.command_from_client(a.json);
+            }
+            "ws.connect" => {
+                let a: ClientsAction = from_table(params)?;
+                self.net.ws_clients.set(a.clients);
+                self.net.ws_kick.signal(());
+            }
+            "wifi" => {
+                let a: WifiTable = from_table(params)?;
+                apply_wifi(&mut self.net.wifi.borrow_mut().cfg, &a);
+            }
+            "wifi.load" => {
+                let a: LoadAction = from_table(params)?;
+                let mut w = self.net.wifi.borrow_mut();
+                w.airtime = a.airtime;
+                w.cpu_load = a.cpu;
+                self.load_kick.signal(());
+            }
+            "wifi.disconnect" => self.set_link("wifi", false),
+            "wifi.reconnect" => self.set_link("wifi", true),
+            "broker.down" => self.set_link("broker", false),
+            "broker.up" => self.set_link("broker", true),
+            "fluidnc.alarm" => self.board.alarm(from_table::<AlarmAction>(params)?.code),
+            "fluidnc.never_idle" => self.board.state.borrow_mut().never_idle = true,
+            "fluidnc.disconnect" => self.fluidnc_uart.disconnect(),
+            "fluidnc.reconnect" => self.fluidnc_uart.reconnect(),
+            "fluidnc.garbage" => self
+                .board
+                .garbage(from_table::<GarbageAction>(params)?.bytes),
+            "fluidnc.stuck" => {
+                let p = pump_of(&from_table::<PumpAction>(params)?.pump)?;
+                self.board.state.borrow_mut().stuck[p.index()] = true;
+            }
+            other => return Err(format!("no action `{other}`")),
+        }
+        Ok(())
+    }
+
+    fn state(&self, key: &str) -> Option<StateValue> {
+        if let Some(rest) = key.strip_prefix("pump.") {
+            let (p, field) = rest.split_once('.')?;
+            let p = pump_of(p).ok()?;
+            let s = self.net.snapshot.get().pumps[p.index()];
+            return match field {
+                "active" => Some(StateValue::Bool(s.active)),
+                "dispensed_ml" => Some(StateValue::Float(f64::from(s.dispensed_ml))),
+                _ => None,
+            };
+        }
+        let ob = self.net.outbox.borrow();
+        let b = self.net.broker.borrow();
+        let int = |v: u64| Some(StateValue::Int(v as i64));
+        match key {
+            "priority" => Some(StateValue::Text(self.fw.gov.get().name().into())),
+            "queue.depth" => int(ob.depth() as u64),
+            "queue.drops" => int(ob.stats.dropped),
+            "queue.high_water" => int(ob.stats.high_water as u64),
+            "uart.last_tx" => Some(StateValue::Text(self.board.state.borrow().last_rx.clone())),
+            "uart.lines" => int(self.board.state.borrow().lines),
+            "mqtt.delivered" => int(b.delivered),
+            "mqtt.lost" => int(b.lost),
+            "mqtt.connected" => Some(StateValue::Bool(self.net.mqtt_connected.get())),
+            "mqtt.first_after_estop" => Some(StateValue::Text(
+                b.first_after_estop.clone().unwrap_or_default(),
+            )),
+            "mqtt.retained_status" => Some(StateValue::Text(
+                b.retained
+                    .get(net::TOPIC_STATUS)
+                    .cloned()
+                    .unwrap_or_default(),
+            )),
+            "ws.frames" => int(self.net.counters.ws_frames.get()),
+            "fluidnc.state" => Some(StateValue::Text(format!("{:?}", self.board.machine()))),
+            "resume.dispensed_ml" => Some(StateValue::Float(self.net.counters.resumed_ml.get())),
+            "events.lost" => int(u64::from(self.fw.channels.events.stats().lost())),
+            "commands.bad" => int(self.net.counters.commands_bad.get()),
+            "commands.refused" => int(self.net.counters.commands_refused.get()),
+            "control.missed" => int(self.control.missed.get()),
+            "control.max_late_us" => int(self.control.max_late.get().as_micros()),
+            "link.retransmitted" => int(u64::from(
+                self.host.as_ref().map_or(0, |h| h.retransmitted.get()),
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl PumpDevice {
+    fn set_link(&self, what: &str, up: bool) {
+        match what {
+            "wifi" => self.net.wifi.borrow_mut().connected = up,
+            _ => {
+                let mut b = self.net.broker.borrow_mut();
+                b.up = up;
+                if !up {
+                    // The TCP connection dies with what was in flight.
+                    let lost = b.inbound.len() as u64;
+                    b.inbound.clear();
+                    b.lost += lost;
+                }
+            }
+        }
+        self.net.tracer.record(
+            &format!("{}.net", self.name),
+            format!("{what} {}", if up { "up" } else { "down" }),
+        );
+        self.net.mqtt_kick.signal(());
+    }
+}
