@@ -25,21 +25,32 @@ use std::rc::Rc;
 
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::signal::Signal;
+use embassy_sync::watch::Watch;
 use embedded_io_async::{ErrorType, Read, Write};
+use firmware_core::pump::arch::ArchOption;
 use firmware_core::pump::dispense::{
-    MotionChannels, MotionCommand, MotionConfig, MotionTask, PumpMotion, Recipe, RecipeStep,
+    MotionChannels, MotionCommand, MotionConfig, MotionSnapshot, MotionTask, PumpMotion, Recipe,
+    RecipeStep,
 };
 use firmware_core::pump::estop::{EstopButton, EstopTrigger};
+use firmware_core::pump::governor::Reason;
+use firmware_core::pump::link::LinkSource;
 use firmware_core::pump::link::{
     LinkConfig, LinkEndpoint, LinkEvent, LinkTask, PumpSource, PumpToHost, QueueSink, QueueSource,
 };
+use firmware_core::pump::outbox::{DrainConfig, MqttTask, SharedOutbox, topic};
+use firmware_core::pump::stats::NoStats;
+use firmware_core::pump::status::{PumpSnapshot, StatusTask};
+use firmware_core::pump::ws::WsTask;
 use firmware_core::pump::{DispenseRequest, Governor, Priority, Pump};
 use firmware_core::queue::{FullPolicy, Queue};
 use firmware_core::time::{Duration, Instant};
 use serde::Deserialize;
 
 use self::board::Board;
-use self::net::{Broker, Net, NetCounters, NetTiming, Outbox, Wifi, WifiConfig};
+use self::net::{
+    Broker, Net, NetCounters, SimMqtt, SimWs, Wifi, WifiConfig, pump_snapshot, push_event,
+};
 use super::{Device, DeviceSpec, StateValue, from_table, serde_duration};
 use crate::kernel::{CoreId, Kernel, SimClock, TaskSpec};
 use crate::periph::uart::{self, UartConfig, UartLink, UartPort};
@@ -58,6 +69,14 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The firmware's name for it.
+    pub fn firmware(self) -> ArchOption {
+        match self {
+            Arch::Option1 => ArchOption::Option1,
+            Arch::Option2 => ArchOption::Option2,
+            Arch::Option3 => ArchOption::Option3,
+        }
+    }
     /// All options, in order.
     pub const ALL: [Arch; 3] = [Arch::Option1, Arch::Option2, Arch::Option3];
     /// Name as written in scenarios.
@@ -106,18 +125,7 @@ mod opt_duration {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyTable {
-    #[serde(default, with = "opt_duration")]
-    status_idle: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    status_dispensing: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    status_emergency: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    ws_idle: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    ws_dispensing: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
-    ws_emergency: Option<Duration>,
+    /// The outbox's drain cycle while dispensing (the firmware's default is 100 ms).
     #[serde(default, with = "opt_duration")]
     drain_dispensing: Option<Duration>,
 }
@@ -144,9 +152,6 @@ struct RecipeTable {
 pub struct PumpSpec {
     #[serde(default)]
     arch: Arch,
-    /// Outbox capacity.
-    #[serde(default = "default_outbox")]
-    outbox: usize,
     #[serde(default)]
     wifi: Option<WifiTable>,
     #[serde(default)]
@@ -167,9 +172,6 @@ pub struct PumpSpec {
     checked_recipes: Vec<Recipe>,
 }
 
-fn default_outbox() -> usize {
-    50
-}
 fn default_estop_poll() -> Duration {
     Duration::from_millis(10)
 }
@@ -185,7 +187,7 @@ const STATES: &str = "priority, pump.<X|Y|Z|A>.active, pump.<X>.dispensed_ml, qu
     queue.drops, queue.high_water, uart.last_tx, uart.lines, mqtt.delivered, mqtt.lost, \
     mqtt.connected, mqtt.first_after_estop, mqtt.retained_status, ws.frames, fluidnc.state, \
     resume.dispensed_ml, events.lost, commands.bad, commands.refused, control.missed, \
-    control.max_late_us, link.retransmitted";
+    control.max_late_us";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -280,9 +282,6 @@ impl PumpSpec {
     /// Parse and check a `pump` table.
     pub fn parse(table: &toml::Table) -> Result<Self, String> {
         let mut spec: PumpSpec = from_table(table)?;
-        if spec.outbox == 0 || spec.outbox > 10_000 {
-            return Err(format!("outbox must be 1 to 10000, got {}", spec.outbox));
-        }
         if !(spec.ml_per_mm.is_finite() && spec.ml_per_mm > 0.0) {
             return Err(format!(
                 "ml_per_mm must be above zero, got {}",
@@ -332,22 +331,12 @@ impl PumpSpec {
         PumpSpec::parse(&toml::Table::new()).unwrap_or_else(|_| unreachable!())
     }
 
-    fn timing(&self) -> NetTiming {
-        let mut t = NetTiming::default();
-        let p = &self.policy;
-        let set = |slot: &mut Duration, v: Option<Duration>| {
-            if let Some(v) = v {
-                *slot = v;
-            }
-        };
-        set(&mut t.status[0], p.status_idle);
-        set(&mut t.status[1], p.status_dispensing);
-        set(&mut t.status[2], p.status_emergency);
-        set(&mut t.ws[0], p.ws_idle);
-        set(&mut t.ws[1], p.ws_dispensing);
-        set(&mut t.ws[2], p.ws_emergency);
-        set(&mut t.drain[1].1, p.drain_dispensing);
-        t
+    fn drain(&self) -> DrainConfig {
+        let mut d = DrainConfig::DEFAULT;
+        if let Some(t) = self.policy.drain_dispensing {
+            d.dispensing_cycle = t;
+        }
+        d
     }
 
     fn wifi_config(&self) -> WifiConfig {
@@ -486,22 +475,39 @@ impl DeviceSpec for PumpSpec {
     }
 }
 
-/// Firmware state shared by the pump-side tasks.
+/// The statics of one MCU's firmware (the sim keeps them in an `Rc` instead of `static`s).
 pub struct Fw {
-    /// The governor.
-    pub gov: Governor<NoopRawMutex, 2>,
+    /// The governor (on the WiFi MCU of option 3: the mirror of the pump MCU's).
+    pub gov: Governor<NoopRawMutex, GOV_RECEIVERS>,
     /// The motion task's channels.
     pub channels: MotionChannels<NoopRawMutex>,
-    /// Link state of the pump MCU's end (option 3).
+    /// The MQTT outbox.
+    pub outbox: SharedOutbox<NoopRawMutex>,
+    /// The snapshot the status publisher and the WebSocket feed read.
+    pub pumps: Watch<NoopRawMutex, PumpSnapshot, 4>,
+    /// Option 3, WiFi MCU: commands for the link. Full policy `RejectNew` (answered "refused").
+    cmds: Queue<NoopRawMutex, MotionCommand, 8>,
+    /// Option 3, WiFi MCU: what the link received. Full policy `DropOldest` (counted).
+    up: Queue<NoopRawMutex, PumpToHost, 32>,
+    /// Link state of this MCU's end (option 3).
     link_state: Signal<NoopRawMutex, LinkEvent>,
 }
 
-/// The WiFi MCU's side of option 3.
-struct Host {
-    cmds: Queue<NoopRawMutex, MotionCommand, 8>,
-    up: Queue<NoopRawMutex, PumpToHost, 32>,
-    link_state: Signal<NoopRawMutex, LinkEvent>,
-    retransmitted: Cell<u32>,
+/// Governor receivers: MQTT task, status publisher, WebSocket feed, one spare.
+pub const GOV_RECEIVERS: usize = 4;
+
+impl Fw {
+    fn new(drain: DrainConfig) -> Self {
+        Fw {
+            gov: Governor::new(),
+            channels: MotionChannels::new(),
+            outbox: SharedOutbox::new(drain),
+            pumps: Watch::new(),
+            cmds: Queue::new(FullPolicy::RejectNew),
+            up: Queue::new(FullPolicy::DropOldest),
+            link_state: Signal::new(),
+        }
+    }
 }
 
 /// Half of a UART port for tasks that take separate read and write halves.
@@ -545,7 +551,8 @@ pub struct PumpDevice {
     clock: SimClock,
     /// The firmware's shared state.
     pub fw: Rc<Fw>,
-    host: Option<Rc<Host>>,
+    /// The WiFi MCU's firmware in option 3 (else the same as `fw`).
+    pub net_fw: Rc<Fw>,
     /// The network side.
     pub net: Rc<Net>,
     /// The simulated FluidNC board.
@@ -554,7 +561,6 @@ pub struct PumpDevice {
     button: Rc<Cell<bool>>,
     estop_input: EstopInput,
     control: Rc<ControlStats>,
-    load_kick: Rc<Signal<NoopRawMutex, ()>>,
 }
 
 #[derive(Default)]
@@ -567,11 +573,8 @@ struct ControlStats {
 pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
     let clock = kernel.clock();
     let tracer = kernel.tracer();
-    let fw = Rc::new(Fw {
-        gov: Governor::new(),
-        channels: MotionChannels::new(),
-        link_state: Signal::new(),
-    });
+    let drain = spec.drain();
+    let fw = Rc::new(Fw::new(drain));
     let (pump_core, net_core): (CoreId, CoreId) = match spec.arch {
         Arch::Option1 | Arch::Option2 => (
             kernel.add_core(format!("{name}.core1")),
@@ -686,13 +689,8 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
     }
 
     // Option 3: the serial link between the two MCUs.
-    let host = if spec.arch == Arch::Option3 {
-        let host = Rc::new(Host {
-            cmds: Queue::new(FullPolicy::RejectNew),
-            up: Queue::new(FullPolicy::DropOldest),
-            link_state: Signal::new(),
-            retransmitted: Cell::new(0),
-        });
+    let net_fw = if spec.arch == Arch::Option3 {
+        let host = Rc::new(Fw::new(drain));
         let (_link, a, b) = uart::link(
             kernel,
             &format!("{name}.link"),
@@ -752,51 +750,50 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
                 },
             )
             .detach();
-        Some(host)
+        host
     } else {
-        None
+        fw.clone()
     };
 
     // The network side.
-    let submit: Box<dyn FnMut(MotionCommand) -> bool> = match &host {
-        Some(h) => {
-            let h = h.clone();
-            Box::new(move |cmd| h.cmds.offer(cmd).is_queued())
-        }
-        None => {
-            let f = fw.clone();
-            Box::new(move |cmd| f.channels.commands.offer(cmd).is_queued())
-        }
+    let submit: Box<dyn FnMut(MotionCommand) -> bool> = {
+        let (h, three) = (net_fw.clone(), spec.arch == Arch::Option3);
+        Box::new(move |cmd| {
+            if three {
+                h.cmds.offer(cmd).is_queued()
+            } else {
+                h.channels.commands.offer(cmd).is_queued()
+            }
+        })
     };
     let net = Rc::new(Net {
         name: name.to_owned(),
         clock: clock.clone(),
         tracer: tracer.clone(),
-        outbox: RefCell::new(Outbox::new(spec.outbox, spec.arch != Arch::Option1)),
         wifi: RefCell::new(Wifi::new(
             spec.wifi_config(),
             kernel.rng(&format!("{name}.wifi")),
         )),
         broker: RefCell::new(Broker::new()),
-        governed: spec.arch != Arch::Option1,
-        priority: Cell::new(Priority::Idle),
         snapshot: Cell::new(Default::default()),
         unshown_since: Cell::new(None),
         ws_clients: Cell::new(spec.ws_clients),
         mqtt_connected: Cell::new(true),
         counters: NetCounters::default(),
         inbox: RefCell::new(Default::default()),
-        mqtt_kick: Signal::new(),
-        status_kick: Signal::new(),
-        ws_kick: Signal::new(),
         broker_kick: Signal::new(),
         cmd_kick: Signal::new(),
+        load_kick: Signal::new(),
         submit: RefCell::new(submit),
         ws_sink: RefCell::new(None),
-        timing: spec.timing(),
+        recipes: spec
+            .checked_recipes
+            .iter()
+            .map(|r| r.name.as_str().to_owned())
+            .collect(),
     });
-    let load_kick = Rc::new(Signal::new());
-    let net_task = |kernel: &mut Kernel, task: &str, prio: u8, fut| {
+    type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+    let mut net_task = |task: &str, prio: u8, fut: Task| {
         kernel
             .spawn(
                 TaskSpec::on_core(
@@ -809,58 +806,95 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
             )
             .detach();
     };
-    net_task(
-        kernel,
-        "wifi",
-        23,
-        Box::pin(net.clone().wifi_load_task(load_kick.clone()))
-            as std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
-    );
-    net_task(kernel, "cmd", 7, Box::pin(net.clone().cmd_task()));
-    net_task(kernel, "mqtt", 5, Box::pin(net.clone().mqtt_task()));
-    net_task(kernel, "status", 4, Box::pin(net.clone().status_task()));
-    net_task(kernel, "ws", 3, Box::pin(net.clone().ws_task()));
-    // The bridge: motion events and snapshots to the network side.
-    let bridge: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = match &host {
-        Some(h) => {
-            let (h, n) = (h.clone(), net.clone());
-            Box::pin(async move {
-                loop {
-                    match h.up.receive().await {
-                        PumpToHost::Event(ev) => n.publish_event(&ev),
-                        PumpToHost::Snapshot(s) => {
-                            n.set_snapshot(s);
-                            n.set_priority(if s.emergency {
-                                Priority::Emergency
-                            } else if s.dispensing {
-                                Priority::Dispensing
-                            } else {
-                                Priority::Idle
-                            });
-                        }
-                    }
-                }
-            })
-        }
-        None => {
-            let (f, n) = (fw.clone(), net.clone());
+    net_task("wifi", 23, Box::pin(net.clone().wifi_load_task()));
+    net_task("cmd", 7, Box::pin(net.clone().cmd_task()));
+    let arch = spec.arch.firmware();
+    {
+        let (f, n, c) = (net_fw.clone(), net.clone(), clock.clone());
+        net_task(
+            "mqtt",
+            5,
             Box::pin(async move {
                 let fw = f;
-                let Some(mut source) = PumpSource::new(&fw.channels) else {
-                    return;
+                let depth_of = fw.clone();
+                let port = SimMqtt {
+                    net: n,
+                    outbox: Rc::new(move || depth_of.outbox.with(|o| o.len() + o.emergency_len())),
                 };
-                use firmware_core::pump::link::LinkSource;
-                loop {
-                    match source.next().await {
-                        PumpToHost::Event(ev) => n.publish_event(&ev),
-                        PumpToHost::Snapshot(s) => n.set_snapshot(s),
-                    }
-                    n.set_priority(fw.gov.get());
+                if let Some(mut t) = MqttTask::new(&fw.outbox, &fw.gov, port, c, arch) {
+                    t.run().await;
                 }
-            })
-        }
+            }),
+        );
+    }
+    {
+        let (f, c) = (net_fw.clone(), clock.clone());
+        net_task(
+            "status",
+            4,
+            Box::pin(async move {
+                let fw = f;
+                if let Some(mut t) = StatusTask::new(
+                    &fw.outbox,
+                    &fw.gov,
+                    fw.pumps.dyn_anon_receiver(),
+                    NoStats,
+                    c,
+                    Instant::ZERO,
+                ) {
+                    t.run().await;
+                }
+            }),
+        );
+    }
+    {
+        let (f, n, c) = (net_fw.clone(), net.clone(), clock.clone());
+        net_task(
+            "ws",
+            3,
+            Box::pin(async move {
+                let fw = f;
+                let sink = SimWs { net: n, last: None };
+                if let Some(mut t) = WsTask::new(&fw.gov, fw.pumps.dyn_anon_receiver(), sink, c) {
+                    t.run().await;
+                }
+            }),
+        );
+    }
+    // The bridge: motion events and snapshots into the network side's outbox and watch.
+    let bridge: Task = if spec.arch == Arch::Option3 {
+        let (h, n) = (net_fw.clone(), net.clone());
+        Box::pin(async move {
+            loop {
+                match h.up.receive().await {
+                    PumpToHost::Event(ev) => push_event(&h.outbox, &n, &ev),
+                    PumpToHost::Snapshot(s) => {
+                        n.set_snapshot(s);
+                        h.pumps.sender().send(pump_snapshot(&s));
+                        mirror_priority(&h.gov, &s);
+                    }
+                }
+            }
+        })
+    } else {
+        let (f, n) = (fw.clone(), net.clone());
+        Box::pin(async move {
+            let fw = f;
+            let Some(mut source) = PumpSource::new(&fw.channels) else {
+                return;
+            };
+            loop {
+                match source.next().await {
+                    PumpToHost::Event(ev) => push_event(&fw.outbox, &n, &ev),
+                    PumpToHost::Snapshot(s) => {
+                        n.set_snapshot(s);
+                        fw.pumps.sender().send(pump_snapshot(&s));
+                    }
+                }
+            }
+        })
     };
-    net_task(kernel, "bridge", 6, bridge);
+    net_task("bridge", 6, bridge);
     kernel
         .spawn(
             TaskSpec::world(format!("{name}.broker")),
@@ -873,14 +907,13 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
         arch: spec.arch,
         clock,
         fw,
-        host,
+        net_fw,
         net,
         board,
         fluidnc_uart,
         button,
         estop_input: spec.estop_input,
         control,
-        load_kick,
     }
 }
 
@@ -955,7 +988,6 @@ impl Device for PumpDevice {
             "ws.connect" => {
                 let a: ClientsAction = from_table(params)?;
                 self.net.ws_clients.set(a.clients);
-                self.net.ws_kick.signal(());
             }
             "wifi" => {
                 let a: WifiTable = from_table(params)?;
@@ -966,7 +998,8 @@ impl Device for PumpDevice {
                 let mut w = self.net.wifi.borrow_mut();
                 w.airtime = a.airtime;
                 w.cpu_load = a.cpu;
-                self.load_kick.signal(());
+                drop(w);
+                self.net.load_kick.signal(());
             }
             "wifi.disconnect" => self.set_link("wifi", false),
             "wifi.reconnect" => self.set_link("wifi", true),
@@ -999,14 +1032,15 @@ impl Device for PumpDevice {
                 _ => None,
             };
         }
-        let ob = self.net.outbox.borrow();
+        let ob = self.net_fw.outbox.stats();
+        let depth = self.net_fw.outbox.with(|o| o.len() + o.emergency_len());
         let b = self.net.broker.borrow();
         let int = |v: u64| Some(StateValue::Int(v as i64));
         match key {
             "priority" => Some(StateValue::Text(self.fw.gov.get().name().into())),
-            "queue.depth" => int(ob.depth() as u64),
-            "queue.drops" => int(ob.stats.dropped),
-            "queue.high_water" => int(ob.stats.high_water as u64),
+            "queue.depth" => int(depth as u64),
+            "queue.drops" => int(u64::from(ob.dropped())),
+            "queue.high_water" => int(u64::from(ob.high_water)),
             "uart.last_tx" => Some(StateValue::Text(self.board.state.borrow().last_rx.clone())),
             "uart.lines" => int(self.board.state.borrow().lines),
             "mqtt.delivered" => int(b.delivered),
@@ -1016,10 +1050,7 @@ impl Device for PumpDevice {
                 b.first_after_estop.clone().unwrap_or_default(),
             )),
             "mqtt.retained_status" => Some(StateValue::Text(
-                b.retained
-                    .get(net::TOPIC_STATUS)
-                    .cloned()
-                    .unwrap_or_default(),
+                b.retained.get(topic::STATUS).cloned().unwrap_or_default(),
             )),
             "ws.frames" => int(self.net.counters.ws_frames.get()),
             "fluidnc.state" => Some(StateValue::Text(format!("{:?}", self.board.machine()))),
@@ -1029,10 +1060,34 @@ impl Device for PumpDevice {
             "commands.refused" => int(self.net.counters.commands_refused.get()),
             "control.missed" => int(self.control.missed.get()),
             "control.max_late_us" => int(self.control.max_late.get().as_micros()),
-            "link.retransmitted" => int(u64::from(
-                self.host.as_ref().map_or(0, |h| h.retransmitted.get()),
-            )),
             _ => None,
+        }
+    }
+}
+
+/// The WiFi MCU's governor follows the pump MCU's snapshots (option 3).
+fn mirror_priority(gov: &Governor<NoopRawMutex, GOV_RECEIVERS>, s: &MotionSnapshot) {
+    let want = if s.emergency {
+        Priority::Emergency
+    } else if s.dispensing {
+        Priority::Dispensing
+    } else {
+        Priority::Idle
+    };
+    match (gov.get(), want) {
+        (a, b) if a == b => {}
+        (_, Priority::Emergency) => {
+            gov.emergency(Reason::EmergencyStop);
+        }
+        (Priority::Emergency, p) => {
+            gov.resume();
+            gov.request(p, Reason::DispenseStarted);
+        }
+        (_, Priority::Dispensing) => {
+            gov.request(Priority::Dispensing, Reason::DispenseStarted);
+        }
+        (_, _) => {
+            gov.request(Priority::Idle, Reason::DispenseFinished);
         }
     }
 }
@@ -1056,6 +1111,5 @@ impl PumpDevice {
             &format!("{}.net", self.name),
             format!("{what} {}", if up { "up" } else { "down" }),
         );
-        self.net.mqtt_kick.signal(());
     }
 }

@@ -1,157 +1,63 @@
-//! The pump controller's network side in the twin: the WiFi link, the MQTT outbox and its
-//! governed drain, the status publisher, the WebSocket feed, the command parser, and the fake
-//! MQTT broker of deterministic runs.
+//! The pump controller's network side in the twin: the platform ports the firmware's network
+//! tasks run on, and the fake MQTT broker of deterministic runs.
 //!
-//! The policies follow DESIGN "Device A": an outbox of 50 messages drained 10 per 10 ms at
-//! `IDLE`, 1 per 100 ms while `DISPENSING`, and only emergency messages at `EMERGENCY`
-//! (emergency messages have a lane of their own, ahead of everything queued, so the alarm is
-//! delivered first and nothing is reordered behind it); status every 30 s / 5 s / 1 s;
-//! WebSocket frames at 1 / 5 / 10 Hz. With the governor disabled (architecture option 1) every
-//! task behaves as at `IDLE` and the alarm waits in the one FIFO like any other message.
-//!
-//! **Queue full policies.** The outbox's normal lane drops its oldest message to make room
-//! (the newest news matters most), counted in `dropped` and published on
-//! `pump/controller/queue/status`. The emergency lane holds [`URGENT_CAP`] messages and drops
-//! its oldest likewise (counted in the same counter); it only fills if the broker is unreachable
-//! through several emergencies. Commands from MQTT that the motion queue refuses are answered
-//! on `pump/controller/command/error` and counted (`commands_refused`).
+//! The firmware's own tasks do the work (`firmware_core::pump::{outbox, status, ws, command}`):
+//! the MQTT task drains the outbox by the governor's priority, the status publisher and the
+//! WebSocket feed keep their cadence. This module supplies what a board would: an
+//! [`MqttPort`] over the WiFi model ([`SimMqtt`]), a [`WsSink`] that charges the network core per
+//! client ([`SimWs`]), the task that turns motion events into outbox messages ([`event_message`]),
+//! and the command task that hands subscribed payloads to the firmware's parser.
 //!
 //! **WiFi.** Each publish charges CPU to the calling task (driver + lwIP + MQTT framing) and
 //! occupies the air for its bytes at the link rate, stretched by background traffic; it
 //! arrives after the link latency plus seeded jitter, and a lost segment costs a TCP
 //! retransmission timeout (TCP never loses data, it is only late). Arrivals keep their order.
-//! A disconnected WiFi or a broker that is down refuses the publish: the message stays queued
-//! and the MQTT task retries after its reconnect back-off.
+//! A QoS 1 publish returns once the PUBACK is back (one more latency). A disconnected WiFi or
+//! a broker that is down refuses the publish at once: the outbox keeps the message and retries
+//! with its backoff.
+//!
+//! **Broker.** A world task that takes what arrives, keeps retained messages, and records each
+//! delivery as an event `<device>.mqtt` `<topic> <payload>`, with the delivery latency (from
+//! the `timestamp` the firmware writes into status, alarm and event payloads) as
+//! `<device>.mqtt.latency_ms`.
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::rc::Rc;
 
-use embassy_futures::select::{Either, select};
+use embassy_futures::select::select;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::signal::Signal;
+use firmware_core::ports::{MqttPort, MqttQos};
+use firmware_core::pump::command::{self, Command, Limits, RecipeInfo};
 use firmware_core::pump::dispense::{AlarmKind, MotionCommand, MotionSnapshot, PumpEvent};
 use firmware_core::pump::estop::EstopTrigger;
-use firmware_core::pump::{DispenseRequest, Priority, Pump};
+use firmware_core::pump::outbox::{Message, SharedOutbox, alarm_message, topic};
+use firmware_core::pump::status::PumpSnapshot;
+use firmware_core::pump::ws::WsSink;
 use firmware_core::time::{Duration, Instant};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::kernel::{SimClock, Tracer};
 
-/// Capacity of the emergency lane of the outbox.
-pub const URGENT_CAP: usize = 8;
-/// Topic of the retained status.
-pub const TOPIC_STATUS: &str = "pump/controller/status";
-/// Topic of alarms.
-pub const TOPIC_ALARM: &str = "pump/controller/alarm";
-/// Topic of the queue report.
-pub const TOPIC_QUEUE: &str = "pump/controller/queue/status";
-/// Topic the controller takes commands on.
-pub const TOPIC_COMMAND: &str = "pump/controller/command";
-
 type Kick = Signal<NoopRawMutex, ()>;
-/// Where delivered messages go besides the trace (the live twin's real broker).
-pub type Forward = Box<dyn FnMut(&Msg)>;
-/// Where WebSocket frames go (the live twin's server).
-pub type FrameSink = Box<dyn FnMut(&str)>;
 
-/// One MQTT message on its way out.
+/// One MQTT message as the broker sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Msg {
     /// Topic.
     pub topic: String,
-    /// JSON payload.
+    /// Payload (JSON text from the firmware).
     pub payload: String,
     /// Retained at the broker.
     pub retain: bool,
-    /// Goes in the emergency lane.
-    pub urgent: bool,
-    /// When it entered the outbox.
-    pub queued_at: Instant,
 }
 
-/// Outbox counters, published on the queue topic and read by scenarios.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct OutboxStats {
-    /// Messages accepted.
-    pub enqueued: u64,
-    /// Messages handed to the WiFi link.
-    pub sent: u64,
-    /// Messages dropped to make room (both lanes).
-    pub dropped: u64,
-    /// Largest depth seen.
-    pub high_water: usize,
-}
-
-/// The bounded MQTT outbox (see the module docs for its lanes and full policy).
-#[derive(Debug)]
-pub struct Outbox {
-    normal: VecDeque<Msg>,
-    urgent: VecDeque<Msg>,
-    capacity: usize,
-    lanes: bool,
-    /// Counters.
-    pub stats: OutboxStats,
-}
-
-impl Outbox {
-    /// An outbox of `capacity` messages; `lanes` false puts emergency messages in the one FIFO.
-    pub fn new(capacity: usize, lanes: bool) -> Self {
-        Outbox {
-            normal: VecDeque::new(),
-            urgent: VecDeque::new(),
-            capacity: capacity.max(1),
-            lanes,
-            stats: OutboxStats::default(),
-        }
-    }
-
-    /// Messages queued.
-    pub fn depth(&self) -> usize {
-        self.normal.len() + self.urgent.len()
-    }
-
-    /// Free places in the normal lane.
-    pub fn spaces(&self) -> usize {
-        self.capacity.saturating_sub(self.normal.len())
-    }
-
-    /// Queue `msg`, dropping the oldest of its lane when full.
-    pub fn offer(&mut self, msg: Msg) {
-        let (lane, cap) = if msg.urgent && self.lanes {
-            (&mut self.urgent, URGENT_CAP)
-        } else {
-            (&mut self.normal, self.capacity)
-        };
-        if lane.len() >= cap {
-            lane.pop_front();
-            self.stats.dropped += 1;
-        }
-        lane.push_back(msg);
-        self.stats.enqueued += 1;
-        self.stats.high_water = self.stats.high_water.max(self.depth());
-    }
-
-    /// The next message allowed at `prio`, without removing it.
-    pub fn peek(&self, prio: Priority) -> Option<&Msg> {
-        self.urgent.front().or(match prio {
-            Priority::Emergency => None,
-            _ => self.normal.front(),
-        })
-    }
-
-    /// Remove what [`peek`](Self::peek) showed.
-    pub fn pop(&mut self, prio: Priority) -> Option<Msg> {
-        if let Some(m) = self.urgent.pop_front() {
-            return Some(m);
-        }
-        match prio {
-            Priority::Emergency => None,
-            _ => self.normal.pop_front(),
-        }
-    }
-}
+/// Where delivered messages go besides the trace (the live twin's real broker).
+pub type Forward = Box<dyn FnMut(&Msg)>;
+/// Where WebSocket frames go (the live twin's server).
+pub type FrameSink = Box<dyn FnMut(&str)>;
 
 /// WiFi link settings (the `wifi` table of the device and the `wifi` action).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -266,8 +172,8 @@ impl Wifi {
 pub struct Broker {
     /// Accepting connections.
     pub up: bool,
-    /// Messages on their way in.
-    pub inbound: VecDeque<(Instant, Msg)>,
+    /// Messages on their way in, with the instant they were created (payload timestamp).
+    pub inbound: VecDeque<(Instant, Msg, Option<Instant>)>,
     /// Commands on their way to the controller.
     downlink: VecDeque<(Instant, String)>,
     /// Retained messages by topic.
@@ -278,7 +184,8 @@ pub struct Broker {
     pub lost: u64,
     /// Last status delivery.
     last_status: Option<Instant>,
-    /// Set on a button edge; the first topic delivered after it lands in `first_after_estop`.
+    /// Set on a button edge; the first topic delivered after it, other than the status
+    /// telemetry, lands in `first_after_estop`.
     pub watch_first: bool,
     /// See `watch_first`.
     pub first_after_estop: Option<String>,
@@ -298,7 +205,7 @@ impl Broker {
     }
 }
 
-/// Counters of the network tasks.
+/// Counters of the network side.
 #[derive(Debug, Default)]
 pub struct NetCounters {
     /// WebSocket frames sent (per client).
@@ -309,13 +216,13 @@ pub struct NetCounters {
     pub commands_bad: Cell<u64>,
     /// Commands the motion queue refused.
     pub commands_refused: Cell<u64>,
-    /// Publish attempts refused by the link.
+    /// Publishes the link refused.
     pub publish_failures: Cell<u64>,
     /// Sum of the last `Resumed` event's amounts.
     pub resumed_ml: Cell<f64>,
 }
 
-/// What the network side knows and shares between its tasks.
+/// What the platform side of the network knows and shares between its tasks.
 pub struct Net {
     /// Device name (trace prefix).
     pub name: String,
@@ -323,249 +230,52 @@ pub struct Net {
     pub clock: SimClock,
     /// Trace.
     pub tracer: Tracer,
-    /// The outbox.
-    pub outbox: RefCell<Outbox>,
     /// The WiFi link.
     pub wifi: RefCell<Wifi>,
     /// The fake broker.
     pub broker: RefCell<Broker>,
-    /// Whether the governor throttles the network (options 2 and 3).
-    pub governed: bool,
-    /// The priority as the network side sees it.
-    pub priority: Cell<Priority>,
-    /// The latest snapshot as the network side sees it.
+    /// The latest motion snapshot seen by the network side (for states and the UI).
     pub snapshot: Cell<MotionSnapshot>,
     /// The first snapshot change not yet shown on the WebSocket.
     pub unshown_since: Cell<Option<Instant>>,
     /// WebSocket clients connected.
     pub ws_clients: Cell<u32>,
-    /// MQTT session up.
+    /// MQTT session up (as the port last saw it).
     pub mqtt_connected: Cell<bool>,
     /// Counters.
     pub counters: NetCounters,
     /// Commands received from the broker, not yet parsed.
     pub inbox: RefCell<VecDeque<String>>,
-    /// Wakes the MQTT task (new message, priority change, reconnect).
-    pub mqtt_kick: Kick,
-    /// Wakes the status task on a priority change.
-    pub status_kick: Kick,
-    /// Wakes the WebSocket task on a priority change or a new client.
-    pub ws_kick: Kick,
     /// Wakes the broker (a new message in flight).
     pub broker_kick: Kick,
     /// Wakes the command task.
     pub cmd_kick: Kick,
+    /// Wakes the WiFi load task.
+    pub load_kick: Kick,
     /// Hands a parsed command to the motion side; false when refused.
     pub submit: RefCell<Box<dyn FnMut(MotionCommand) -> bool>>,
     /// What a live WebSocket server sends to its clients, if one runs.
     pub ws_sink: RefCell<Option<FrameSink>>,
-    /// Per-lane policy timing.
-    pub timing: NetTiming,
+    /// Recipe names, for the command parser.
+    pub recipes: Vec<String>,
 }
 
-/// The network tasks' periods, by priority.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NetTiming {
-    /// Status interval at IDLE, DISPENSING, EMERGENCY.
-    pub status: [Duration; 3],
-    /// WebSocket frame period at IDLE, DISPENSING, EMERGENCY.
-    pub ws: [Duration; 3],
-    /// Outbox drain: messages per cycle and cycle length at IDLE and DISPENSING.
-    pub drain: [(u32, Duration); 2],
-    /// MQTT reconnect back-off.
-    pub reconnect: Duration,
-    /// CPU to build a status or WebSocket frame.
-    pub cpu_frame: Duration,
-}
-
-impl Default for NetTiming {
-    fn default() -> Self {
-        NetTiming {
-            status: [
-                Duration::from_secs(30),
-                Duration::from_secs(5),
-                Duration::from_secs(1),
-            ],
-            ws: [
-                Duration::from_millis(1000),
-                Duration::from_millis(200),
-                Duration::from_millis(100),
-            ],
-            drain: [
-                (10, Duration::from_millis(10)),
-                (1, Duration::from_millis(100)),
-            ],
-            reconnect: Duration::from_secs(2),
-            cpu_frame: Duration::from_micros(150),
-        }
-    }
-}
-
-fn level(p: Priority) -> usize {
-    match p {
-        Priority::Idle => 0,
-        Priority::Dispensing => 1,
-        Priority::Emergency => 2,
-    }
+/// Read the `"timestamp":<ms>` field the firmware writes into its payloads.
+pub fn payload_timestamp(payload: &str) -> Option<Instant> {
+    let rest = payload.split("\"timestamp\":").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().map(Instant::from_millis)
 }
 
 impl Net {
-    /// The priority the throttled tasks obey: the real one, or `IDLE` without the governor.
-    pub fn throttle(&self) -> Priority {
-        if self.governed {
-            self.priority.get()
-        } else {
-            Priority::Idle
-        }
-    }
-
     fn metric(&self, what: &str) -> String {
         format!("{}.{what}", self.name)
-    }
-
-    /// Queue a message (the firmware side of a publish).
-    pub fn enqueue(&self, topic: &str, payload: String, retain: bool, urgent: bool) {
-        let depth = {
-            let mut ob = self.outbox.borrow_mut();
-            ob.offer(Msg {
-                topic: topic.to_owned(),
-                payload,
-                retain,
-                urgent,
-                queued_at: self.clock.now(),
-            });
-            ob.depth()
-        };
-        self.tracer
-            .sample(&self.metric("queue.depth"), depth as f64);
-        self.mqtt_kick.signal(());
-    }
-
-    /// A new priority seen by the bridge: wake the throttled tasks.
-    pub fn set_priority(&self, p: Priority) {
-        if self.priority.replace(p) != p {
-            self.tracer
-                .record(&self.metric("net"), format!("priority {}", p.name()));
-            self.mqtt_kick.signal(());
-            self.status_kick.signal(());
-            self.ws_kick.signal(());
-        }
     }
 
     /// A new snapshot seen by the bridge.
     pub fn set_snapshot(&self, s: MotionSnapshot) {
         if self.snapshot.replace(s) != s && self.unshown_since.get().is_none() {
             self.unshown_since.set(Some(self.clock.now()));
-        }
-    }
-
-    /// Turn a motion event into its MQTT message.
-    pub fn publish_event(&self, ev: &PumpEvent) {
-        if let PumpEvent::Resumed { dispensed_ml } = ev {
-            self.counters
-                .resumed_ml
-                .set(dispensed_ml.iter().map(|&v| f64::from(v)).sum());
-        }
-        let (topic, payload) = event_message(ev);
-        let urgent = matches!(ev, PumpEvent::Alarm(_)) || ev.is_emergency();
-        self.enqueue(topic, payload, false, urgent);
-    }
-
-    /// The status JSON.
-    pub fn status_json(&self) -> String {
-        let s = self.snapshot.get();
-        let mut out = format!(
-            "{{\"state\":\"{}\",\"pumps\":{{",
-            self.priority.get().name()
-        );
-        for p in Pump::ALL {
-            let st = s.pumps[p.index()];
-            let _ = write!(
-                out,
-                "{}\"{}\":{{\"position\":{:.3},\"active\":{},\"dispensed_ml\":{:.3}}}",
-                if p.index() == 0 { "" } else { "," },
-                p.axis(),
-                st.position_mm,
-                st.active,
-                st.dispensed_ml
-            );
-        }
-        let ob = self.outbox.borrow();
-        let _ = write!(
-            out,
-            "}},\"queueDepth\":{},\"dropped\":{},\"uptime_s\":{}}}",
-            ob.depth(),
-            ob.stats.dropped,
-            self.clock.now().as_millis() / 1000
-        );
-        out
-    }
-
-    fn queue_json(&self) -> String {
-        let ob = self.outbox.borrow();
-        format!(
-            "{{\"queueDepth\":{},\"queueSpaces\":{},\"dropped\":{}}}",
-            ob.depth(),
-            ob.spaces(),
-            ob.stats.dropped
-        )
-    }
-
-    /// The MQTT task: drains the outbox through WiFi at the governed rate.
-    pub async fn mqtt_task(self: Rc<Self>) {
-        loop {
-            let prio = self.throttle();
-            let (budget, period) = match prio {
-                Priority::Idle => self.timing.drain[0],
-                Priority::Dispensing => self.timing.drain[1],
-                Priority::Emergency => (u32::MAX, self.timing.drain[0].1),
-            };
-            let mut sent = 0;
-            let mut failed = false;
-            while sent < budget {
-                let Some(msg) = self.outbox.borrow().peek(prio).cloned() else {
-                    break;
-                };
-                match self.send(&msg) {
-                    Ok(()) => {
-                        let _ = self.outbox.borrow_mut().pop(prio);
-                        sent += 1;
-                    }
-                    Err(e) => {
-                        failed = true;
-                        self.counters
-                            .publish_failures
-                            .set(self.counters.publish_failures.get() + 1);
-                        if self.mqtt_connected.replace(false) {
-                            self.tracer
-                                .record(&self.metric("net"), format!("mqtt disconnected: {e}"));
-                        }
-                        break;
-                    }
-                }
-            }
-            if sent > 0 {
-                let depth = self.outbox.borrow().depth();
-                self.tracer
-                    .sample(&self.metric("queue.depth"), depth as f64);
-                self.outbox.borrow_mut().stats.sent += u64::from(sent);
-            }
-            if failed {
-                self.clock.sleep(self.timing.reconnect).await;
-                if self.link_ok().is_ok() {
-                    self.mqtt_connected.set(true);
-                    self.tracer.record(&self.metric("net"), "mqtt connected");
-                    // A new session: publish the retained status again.
-                    let s = self.status_json();
-                    self.enqueue(TOPIC_STATUS, s, true, false);
-                }
-                continue;
-            }
-            if sent == 0 {
-                self.mqtt_kick.wait().await;
-                continue;
-            }
-            self.clock.sleep(period).await;
         }
     }
 
@@ -579,115 +289,14 @@ impl Net {
         Ok(())
     }
 
-    fn send(&self, msg: &Msg) -> Result<(), SendError> {
-        self.link_ok()?;
-        let bytes = msg.topic.len() + msg.payload.len() + 4;
-        let mut wifi = self.wifi.borrow_mut();
-        self.clock.charge(wifi.cpu_cost(bytes));
-        let arrival = wifi.transmit(self.clock.now(), bytes);
-        drop(wifi);
-        self.broker
-            .borrow_mut()
-            .inbound
-            .push_back((arrival, msg.clone()));
-        self.broker_kick.signal(());
-        Ok(())
-    }
-
-    /// The status publisher.
-    pub async fn status_task(self: Rc<Self>) {
-        let mut last = self.clock.now();
-        let s = self.status_json();
-        self.enqueue(TOPIC_STATUS, s, true, false);
-        loop {
-            let prio = self.throttle();
-            let next = last + self.timing.status[level(prio)];
-            if let Either::Second(()) =
-                select(self.clock.sleep_until(next), self.status_kick.wait()).await
-            {
-                continue;
-            }
-            last = self.clock.now();
-            self.clock.charge(self.timing.cpu_frame);
-            let s = self.status_json();
-            let urgent = prio == Priority::Emergency;
-            self.enqueue(TOPIC_STATUS, s, true, urgent);
-            if prio == Priority::Idle {
-                let q = self.queue_json();
-                self.enqueue(TOPIC_QUEUE, q, false, false);
-            }
-        }
-    }
-
-    /// The WebSocket feed.
-    pub async fn ws_task(self: Rc<Self>) {
-        let mut last = self.clock.now();
-        let mut last_frame: Option<Instant> = None;
-        loop {
-            let next = last + self.timing.ws[level(self.throttle())];
-            if let Either::Second(()) =
-                select(self.clock.sleep_until(next), self.ws_kick.wait()).await
-            {
-                continue;
-            }
-            let now = self.clock.now();
-            last = now;
-            let clients = self.ws_clients.get();
-            if clients == 0 {
-                last_frame = None;
-                continue;
-            }
-            let frame = self.ws_frame();
-            let cost = self.wifi.borrow().cpu_cost(frame.len());
-            self.clock
-                .charge(self.timing.cpu_frame + cost.saturating_mul(u64::from(clients)));
-            self.counters
-                .ws_frames
-                .set(self.counters.ws_frames.get() + u64::from(clients));
-            if let Some(prev) = last_frame {
-                self.tracer.sample(
-                    &self.metric("ws.interval_ms"),
-                    now.saturating_since(prev).as_micros() as f64 / 1000.0,
-                );
-            }
-            last_frame = Some(now);
-            if let Some(since) = self.unshown_since.take() {
-                self.tracer.sample(
-                    &self.metric("ws.lag_ms"),
-                    now.saturating_since(since).as_micros() as f64 / 1000.0,
-                );
-            }
-            if let Some(sink) = self.ws_sink.borrow_mut().as_mut() {
-                sink(&frame);
-            }
-        }
-    }
-
-    /// A WebSocket frame (small JSON).
-    pub fn ws_frame(&self) -> String {
-        let s = self.snapshot.get();
-        let mut out = format!(
-            "{{\"priority\":\"{}\",\"queue\":{},\"pumps\":[",
-            self.priority.get().name(),
-            self.outbox.borrow().depth()
-        );
-        for p in Pump::ALL {
-            let st = s.pumps[p.index()];
-            let _ = write!(
-                out,
-                "{}{{\"pump\":\"{}\",\"active\":{},\"ml\":{:.2}}}",
-                if p.index() == 0 { "" } else { "," },
-                p.axis(),
-                st.active,
-                st.dispensed_ml
-            );
-        }
-        out.push_str("]}");
-        out
-    }
-
-    /// The command task: parses what arrives on the command topic and hands it to motion.
+    /// The command task: hands what arrives on the command topic to the firmware's parser and
+    /// the result to motion.
     pub async fn cmd_task(self: Rc<Self>) {
+        let infos: Vec<RecipeInfo<'_>> = self
+            .recipes
+            .iter()
+            .map(|n| RecipeInfo { name: n.as_str() })
+            .collect();
         loop {
             let next = self.inbox.borrow_mut().pop_front();
             let Some(text) = next else {
@@ -695,33 +304,24 @@ impl Net {
                 continue;
             };
             self.clock.charge(Duration::from_micros(80));
-            match parse_command(&text) {
-                Ok(cmd) => {
+            let parsed = command::parse_command(text.as_bytes(), &Limits::DEFAULT, &infos);
+            match parsed.map(to_motion) {
+                Ok(Some(cmd)) => {
                     self.counters.commands.set(self.counters.commands.get() + 1);
                     if !(self.submit.borrow_mut())(cmd) {
                         self.counters
                             .commands_refused
                             .set(self.counters.commands_refused.get() + 1);
-                        self.enqueue(
-                            "pump/controller/command/error",
-                            "{\"error\":\"busy\"}".into(),
-                            false,
-                            false,
-                        );
+                        self.tracer
+                            .record(&self.metric("net"), "command refused: motion queue full");
                     }
                 }
-                Err(e) => {
+                Ok(None) | Err(_) => {
                     self.counters
                         .commands_bad
                         .set(self.counters.commands_bad.get() + 1);
                     self.tracer
-                        .record(&self.metric("net"), format!("bad command: {e}"));
-                    self.enqueue(
-                        "pump/controller/command/error",
-                        format!("{{\"error\":{}}}", json_string(&e)),
-                        false,
-                        false,
-                    );
+                        .record(&self.metric("net"), format!("bad command: {text}"));
                 }
             }
         }
@@ -750,11 +350,11 @@ impl Net {
                 let due = {
                     let mut b = self.broker.borrow_mut();
                     match b.inbound.front() {
-                        Some((t, _)) if *t <= now => b.inbound.pop_front(),
+                        Some((t, _, _)) if *t <= now => b.inbound.pop_front(),
                         _ => None,
                     }
                 };
-                let Some((_, msg)) = due else { break };
+                let Some((_, msg, created)) = due else { break };
                 let mut b = self.broker.borrow_mut();
                 if !b.up {
                     b.lost += 1;
@@ -765,11 +365,11 @@ impl Net {
                 if msg.retain {
                     b.retained.insert(msg.topic.clone(), msg.payload.clone());
                 }
-                if b.watch_first {
+                if b.watch_first && msg.topic != topic::STATUS {
                     b.watch_first = false;
                     b.first_after_estop = Some(msg.topic.clone());
                 }
-                if msg.topic == TOPIC_STATUS {
+                if msg.topic == topic::STATUS {
                     if let Some(prev) = b.last_status {
                         self.tracer.sample(
                             &m_status,
@@ -782,10 +382,12 @@ impl Net {
                     f(&msg);
                 }
                 drop(b);
-                self.tracer.sample(
-                    &m_latency,
-                    now.saturating_since(msg.queued_at).as_micros() as f64 / 1000.0,
-                );
+                if let Some(t) = created {
+                    self.tracer.sample(
+                        &m_latency,
+                        now.saturating_since(t).as_micros() as f64 / 1000.0,
+                    );
+                }
                 self.tracer
                     .record(&source, format!("{} {}", msg.topic, msg.payload));
             }
@@ -807,7 +409,7 @@ impl Net {
             }
             let next = {
                 let b = self.broker.borrow();
-                let a = b.inbound.front().map(|(t, _)| *t);
+                let a = b.inbound.front().map(|(t, _, _)| *t);
                 let d = b.downlink.front().map(|(t, _)| *t);
                 match (a, d) {
                     (Some(a), Some(d)) => a.min(d),
@@ -819,19 +421,162 @@ impl Net {
     }
 
     /// Background WiFi traffic: the WiFi driver task burns `cpu_load` of its core.
-    pub async fn wifi_load_task(self: Rc<Self>, kick: Rc<Kick>) {
+    pub async fn wifi_load_task(self: Rc<Self>) {
         let tick = Duration::from_millis(10);
         loop {
             let load = self.wifi.borrow().cpu_load;
             if load <= 0.0 {
-                kick.wait().await;
+                self.load_kick.wait().await;
                 continue;
             }
             self.clock.charge(Duration::from_micros(
                 (tick.as_micros() as f64 * load.min(0.95)) as u64,
             ));
-            select(self.clock.sleep(tick), kick.wait()).await;
+            select(self.clock.sleep(tick), self.load_kick.wait()).await;
         }
+    }
+}
+
+/// The firmware's command as a motion command (`None` for commands motion does not know).
+fn to_motion(c: Command) -> Option<MotionCommand> {
+    Some(match c {
+        Command::StartDispense(d) => {
+            let mut doses = heapless::Vec::new();
+            let _ = doses.push(d);
+            MotionCommand::Dispense(doses)
+        }
+        Command::StartRecipe(name) => {
+            MotionCommand::StartRecipe(heapless::String::try_from(name.as_str()).ok()?)
+        }
+        Command::Stop => MotionCommand::Stop,
+        Command::EmergencyStop => MotionCommand::EmergencyStop(EstopTrigger::Remote),
+        Command::Resume => MotionCommand::Resume,
+        _ => return None,
+    })
+}
+
+/// The [`MqttPort`] of the twin: publishes through the WiFi model to the broker.
+pub struct SimMqtt {
+    /// The network side.
+    pub net: Rc<Net>,
+    /// The outbox, to sample its depth as messages leave.
+    pub outbox: Rc<dyn Fn() -> usize>,
+}
+
+impl MqttPort for SimMqtt {
+    type Error = SendError;
+
+    async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        qos: MqttQos,
+        retain: bool,
+    ) -> Result<(), SendError> {
+        let net = &self.net;
+        if let Err(e) = net.link_ok() {
+            net.counters
+                .publish_failures
+                .set(net.counters.publish_failures.get() + 1);
+            if net.mqtt_connected.replace(false) {
+                net.tracer
+                    .record(&net.metric("net"), format!("mqtt disconnected: {e}"));
+            }
+            return Err(e);
+        }
+        if !net.mqtt_connected.replace(true) {
+            net.tracer.record(&net.metric("net"), "mqtt connected");
+        }
+        net.tracer
+            .sample(&net.metric("queue.depth"), (self.outbox)() as f64);
+        let bytes = topic.len() + payload.len() + 4;
+        let text = String::from_utf8_lossy(payload).into_owned();
+        let created = payload_timestamp(&text);
+        let (arrival, back) = {
+            let mut wifi = net.wifi.borrow_mut();
+            net.clock.charge(wifi.cpu_cost(bytes));
+            let arrival = wifi.transmit(net.clock.now(), bytes);
+            (arrival, wifi.cfg.latency)
+        };
+        net.broker.borrow_mut().inbound.push_back((
+            arrival,
+            Msg {
+                topic: topic.to_owned(),
+                payload: text,
+                retain,
+            },
+            created,
+        ));
+        net.broker_kick.signal(());
+        if qos == MqttQos::AtLeastOnce {
+            // Accepted once the PUBACK is back.
+            net.clock.sleep_until(arrival + back).await;
+        }
+        Ok(())
+    }
+}
+
+/// The [`WsSink`] of the twin: charges the network core per client, measures frame intervals
+/// and the UI lag, and hands frames to a live server when one runs.
+pub struct SimWs {
+    /// The network side.
+    pub net: Rc<Net>,
+    /// Last frame time.
+    pub last: Option<Instant>,
+}
+
+impl WsSink for SimWs {
+    async fn broadcast(&mut self, text: &str) {
+        let net = &self.net;
+        let now = net.clock.now();
+        let clients = net.ws_clients.get();
+        if clients == 0 {
+            self.last = None;
+            return;
+        }
+        let cost = net.wifi.borrow().cpu_cost(text.len() + 6);
+        net.clock.charge(cost.saturating_mul(u64::from(clients)));
+        net.counters
+            .ws_frames
+            .set(net.counters.ws_frames.get() + u64::from(clients));
+        if let Some(prev) = self.last {
+            net.tracer.sample(
+                &net.metric("ws.interval_ms"),
+                now.saturating_since(prev).as_micros() as f64 / 1000.0,
+            );
+        }
+        self.last = Some(now);
+        if let Some(since) = net.unshown_since.take() {
+            net.tracer.sample(
+                &net.metric("ws.lag_ms"),
+                now.saturating_since(since).as_micros() as f64 / 1000.0,
+            );
+        }
+        if let Some(sink) = net.ws_sink.borrow_mut().as_mut() {
+            sink(text);
+        }
+    }
+}
+
+/// The status snapshot the firmware's publisher and feed read, from a motion snapshot.
+pub fn pump_snapshot(s: &MotionSnapshot) -> PumpSnapshot {
+    let state = if s.emergency {
+        "Emergency".to_owned()
+    } else if let Some(a) = s.alarm {
+        format!("Alarm {}", a.event_type())
+    } else {
+        s.machine
+            .map_or_else(|| "Unknown".to_owned(), |m| format!("{m:?}"))
+    };
+    let mut st = heapless::String::new();
+    for c in state.chars() {
+        if st.push(c).is_err() {
+            break;
+        }
+    }
+    PumpSnapshot {
+        pumps: s.pumps,
+        state: st,
     }
 }
 
@@ -847,20 +592,29 @@ fn per_pump_json(v: &[f32; 4]) -> String {
     )
 }
 
-/// The topic and payload of a motion event.
-pub fn event_message(ev: &PumpEvent) -> (&'static str, String) {
-    match ev {
+/// The outbox message for a motion event. Alarms go to the emergency lane (the E-stop alarm is
+/// the firmware's [`alarm_message`]); everything else is an event in the normal lane, except
+/// `RESUMED`, which leaves EMERGENCY and goes with the alarms.
+pub fn event_message(ev: &PumpEvent, now: Instant) -> Option<Message> {
+    let ts = now.as_millis();
+    let (t, body): (&str, String) = match ev {
+        PumpEvent::Alarm(AlarmKind::EmergencyStop { trigger }) => {
+            return Some(alarm_message("EMERGENCY_STOP", trigger.name(), now));
+        }
         PumpEvent::Alarm(kind) => {
-            let extra = match kind {
-                AlarmKind::EmergencyStop { trigger } => {
-                    format!(",\"trigger\":\"{}\"", trigger.name())
-                }
-                other => format!(",\"detail\":{}", json_string(&other.to_string())),
-            };
-            (
-                TOPIC_ALARM,
-                format!("{{\"eventType\":\"{}\"{extra}}}", kind.event_type()),
-            )
+            let payload = format!(
+                "{{\"eventType\":\"{}\",\"detail\":{},\"timestamp\":{ts}}}",
+                kind.event_type(),
+                json_string(&kind.to_string())
+            );
+            return Message::alarm(topic::ALARM, payload.as_bytes()).ok();
+        }
+        PumpEvent::Resumed { dispensed_ml } => {
+            let payload = format!(
+                "{{\"event\":\"RESUMED\",\"dispensed_ml\":{},\"timestamp\":{ts}}}",
+                per_pump_json(dispensed_ml)
+            );
+            return Message::alarm(topic::DISPENSE_EVENT, payload.as_bytes()).ok();
         }
         PumpEvent::DispenseStarted {
             id,
@@ -868,16 +622,16 @@ pub fn event_message(ev: &PumpEvent) -> (&'static str, String) {
             expected_ms,
             ..
         } => (
-            "pump/controller/dispense/event",
+            topic::DISPENSE_EVENT,
             format!(
-                "{{\"event\":\"STARTED\",\"id\":{id},\"volume_ml\":{},\"expected_ms\":{expected_ms}}}",
+                "{{\"event\":\"STARTED\",\"id\":{id},\"volume_ml\":{},\"expected_ms\":{expected_ms}",
                 per_pump_json(volume_ml)
             ),
         ),
         PumpEvent::DispenseProgress { id, dispensed_ml } => (
-            "pump/controller/dispense/event",
+            topic::DISPENSE_EVENT,
             format!(
-                "{{\"event\":\"PROGRESS\",\"id\":{id},\"dispensed_ml\":{}}}",
+                "{{\"event\":\"PROGRESS\",\"id\":{id},\"dispensed_ml\":{}",
                 per_pump_json(dispensed_ml)
             ),
         ),
@@ -886,9 +640,9 @@ pub fn event_message(ev: &PumpEvent) -> (&'static str, String) {
             dispensed_ml,
             duration_ms,
         } => (
-            "pump/controller/dispense/complete",
+            topic::DISPENSE_COMPLETE,
             format!(
-                "{{\"id\":{id},\"dispensed_ml\":{},\"duration_ms\":{duration_ms}}}",
+                "{{\"id\":{id},\"dispensed_ml\":{},\"duration_ms\":{duration_ms}",
                 per_pump_json(dispensed_ml)
             ),
         ),
@@ -897,9 +651,9 @@ pub fn event_message(ev: &PumpEvent) -> (&'static str, String) {
             dispensed_ml,
             cause,
         } => (
-            "pump/controller/dispense/event",
+            topic::DISPENSE_EVENT,
             format!(
-                "{{\"event\":\"ABORTED\",\"id\":{id},\"dispensed_ml\":{},\"cause\":{}}}",
+                "{{\"event\":\"ABORTED\",\"id\":{id},\"dispensed_ml\":{},\"cause\":{}",
                 per_pump_json(dispensed_ml),
                 json_string(&format!("{cause:?}"))
             ),
@@ -909,154 +663,101 @@ pub fn event_message(ev: &PumpEvent) -> (&'static str, String) {
             requested_mm_min,
             applied_mm_min,
         } => (
-            "pump/controller/dispense/event",
+            topic::DISPENSE_EVENT,
             format!(
-                "{{\"event\":\"RATE_CLAMPED\",\"pump\":\"{pump}\",\"requested\":{requested_mm_min:.1},\"applied\":{applied_mm_min:.1}}}"
-            ),
-        ),
-        PumpEvent::Resumed { dispensed_ml } => (
-            "pump/controller/dispense/event",
-            format!(
-                "{{\"event\":\"RESUMED\",\"dispensed_ml\":{}}}",
-                per_pump_json(dispensed_ml)
+                "{{\"event\":\"RATE_CLAMPED\",\"pump\":\"{pump}\",\"requested\":{requested_mm_min:.1},\"applied\":{applied_mm_min:.1}"
             ),
         ),
         PumpEvent::Rejected(e) => (
-            "pump/controller/dispense/event",
+            topic::DISPENSE_EVENT,
             format!(
-                "{{\"event\":\"REJECTED\",\"error\":{}}}",
+                "{{\"event\":\"REJECTED\",\"error\":{}",
                 json_string(&e.to_string())
             ),
         ),
         PumpEvent::RecipeStarted { name, steps } => (
-            "pump/controller/recipe/start",
-            format!("{{\"name\":{},\"steps\":{steps}}}", json_string(name)),
+            topic::RECIPE_START,
+            format!("{{\"name\":{},\"steps\":{steps}", json_string(name)),
         ),
         PumpEvent::RecipeStep { name, step } => (
-            "pump/controller/recipe/step",
-            format!("{{\"name\":{},\"step\":{step}}}", json_string(name)),
+            topic::RECIPE_START,
+            format!("{{\"name\":{},\"step\":{step}", json_string(name)),
         ),
         PumpEvent::RecipeComplete { name } => (
-            "pump/controller/recipe/complete",
-            format!("{{\"name\":{}}}", json_string(name)),
+            topic::RECIPE_COMPLETE,
+            format!("{{\"name\":{}", json_string(name)),
         ),
         PumpEvent::RecipeAborted { name, step } => (
-            "pump/controller/recipe/complete",
+            topic::RECIPE_COMPLETE,
             format!(
-                "{{\"name\":{},\"aborted_at_step\":{step}}}",
+                "{{\"name\":{},\"aborted_at_step\":{step}",
                 json_string(name)
             ),
         ),
-    }
+    };
+    let mut body = body;
+    let _ = write!(body, ",\"timestamp\":{ts}}}");
+    Message::event(t, body.as_bytes()).ok()
 }
 
-/// Parse a command JSON: `{"cmd":"dispense","pump":"X","volume_ml":5,"flow_ml_min":10}`,
-/// `{"cmd":"recipe","name":"…"}`, `{"cmd":"stop"}`, `{"cmd":"estop"}`, `{"cmd":"resume"}`.
-/// `"flowRate"` is accepted for `flow_ml_min` (the seed UI's name).
-pub fn parse_command(text: &str) -> Result<MotionCommand, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let cmd = v
-        .get("cmd")
-        .and_then(|c| c.as_str())
-        .ok_or("missing \"cmd\"")?;
-    match cmd {
-        "dispense" => {
-            let pump = v
-                .get("pump")
-                .and_then(|p| p.as_str())
-                .and_then(|p| p.chars().next())
-                .and_then(Pump::from_axis)
-                .ok_or("\"pump\" must be X, Y, Z or A")?;
-            let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
-            let volume_ml = num("volume_ml").ok_or("missing \"volume_ml\"")? as f32;
-            let flow_ml_min = num("flow_ml_min")
-                .or_else(|| num("flowRate"))
-                .ok_or("missing \"flow_ml_min\"")? as f32;
-            let mut doses = heapless::Vec::new();
-            let _ = doses.push(DispenseRequest {
-                pump,
-                volume_ml,
-                flow_ml_min,
-            });
-            Ok(MotionCommand::Dispense(doses))
+/// Push a motion event into the firmware's outbox (every drop is counted by the outbox).
+pub fn push_event(outbox: &SharedOutbox<NoopRawMutex>, net: &Net, ev: &PumpEvent) {
+    if let PumpEvent::Resumed { dispensed_ml } = ev {
+        net.counters
+            .resumed_ml
+            .set(dispensed_ml.iter().map(|&v| f64::from(v)).sum());
+    }
+    let now = net.clock.now();
+    match event_message(ev, now) {
+        Some(m) => {
+            let _ = outbox.push(m, now);
         }
-        "recipe" => {
-            let name = v
-                .get("name")
-                .and_then(|n| n.as_str())
-                .ok_or("missing \"name\"")?;
-            let name = heapless::String::try_from(name).map_err(|_| "recipe name too long")?;
-            Ok(MotionCommand::StartRecipe(name))
-        }
-        "stop" => Ok(MotionCommand::Stop),
-        "estop" => Ok(MotionCommand::EmergencyStop(EstopTrigger::Remote)),
-        "resume" => Ok(MotionCommand::Resume),
-        other => Err(format!("unknown command {}", json_string(other))),
+        None => net
+            .tracer
+            .record(&net.metric("net"), "event too large for an MQTT message"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(topic: &str, urgent: bool) -> Msg {
-        Msg {
-            topic: topic.into(),
-            payload: String::new(),
-            retain: false,
-            urgent,
-            queued_at: Instant::ZERO,
-        }
-    }
+    use firmware_core::pump::Pump;
 
     #[test]
-    fn outbox_puts_emergency_messages_first_and_holds_the_rest_in_emergency() {
-        let mut ob = Outbox::new(4, true);
-        ob.offer(msg("a", false));
-        ob.offer(msg("alarm", true));
+    fn the_payload_timestamp_is_read_back() {
         assert_eq!(
-            ob.pop(Priority::Emergency).map(|m| m.topic),
-            Some("alarm".into())
+            payload_timestamp(r#"{"a":1,"timestamp":1234}"#),
+            Some(Instant::from_millis(1234))
         );
-        assert_eq!(ob.pop(Priority::Emergency), None);
-        assert_eq!(ob.pop(Priority::Idle).map(|m| m.topic), Some("a".into()));
+        assert_eq!(payload_timestamp("{}"), None);
     }
 
     #[test]
-    fn outbox_without_lanes_keeps_one_fifo() {
-        let mut ob = Outbox::new(4, false);
-        ob.offer(msg("a", false));
-        ob.offer(msg("alarm", true));
-        assert_eq!(ob.pop(Priority::Idle).map(|m| m.topic), Some("a".into()));
-    }
-
-    #[test]
-    fn a_full_outbox_drops_its_oldest_and_counts_it() {
-        let mut ob = Outbox::new(2, true);
-        for t in ["a", "b", "c"] {
-            ob.offer(msg(t, false));
-        }
-        assert_eq!(ob.stats.dropped, 1);
-        assert_eq!(ob.pop(Priority::Idle).map(|m| m.topic), Some("b".into()));
-    }
-
-    #[test]
-    fn commands_parse_and_bad_ones_say_why() {
-        assert!(matches!(
-            parse_command(r#"{"cmd":"dispense","pump":"y","volume_ml":2,"flowRate":10}"#),
-            Ok(MotionCommand::Dispense(_))
-        ));
-        assert_eq!(parse_command(r#"{"cmd":"stop"}"#), Ok(MotionCommand::Stop));
-        assert!(parse_command("{").unwrap_err().contains("not JSON"));
+    fn alarms_take_the_emergency_lane_and_events_the_normal_one() {
+        use firmware_core::pump::outbox::Lane;
+        let now = Instant::from_millis(5);
+        let alarm = event_message(
+            &PumpEvent::Alarm(AlarmKind::EmergencyStop {
+                trigger: EstopTrigger::Button,
+            }),
+            now,
+        )
+        .unwrap();
+        assert_eq!(alarm.lane, Lane::Emergency);
+        let ev = event_message(
+            &PumpEvent::DispenseProgress {
+                id: 1,
+                dispensed_ml: [1.0, 0.0, 0.0, 0.0],
+            },
+            now,
+        )
+        .unwrap();
+        assert_eq!(ev.lane, Lane::Normal);
+        let text = String::from_utf8(ev.payload.to_vec()).unwrap();
         assert!(
-            parse_command(r#"{"cmd":"dispense","pump":"Q"}"#)
-                .unwrap_err()
-                .contains("pump")
+            serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+            "{text}"
         );
-        assert!(
-            parse_command(r#"{"cmd":"fly"}"#)
-                .unwrap_err()
-                .contains("unknown")
-        );
+        let _ = Pump::X;
     }
 }
