@@ -3,6 +3,7 @@
 //! * `twin run` (the default): the live twin, paced to the wall clock.
 //! * `twin scenario <PATH>...`: run scenario files deterministically; exit 0 when all pass,
 //!   1 when an expectation fails, 2 on invalid input.
+//! * `twin compare --seeds N`: the pump controller's architecture options side by side.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +29,8 @@ enum Command {
     Run(RunArgs),
     /// Run scenario files or folders in virtual time.
     Scenario(ScenarioArgs),
+    /// Compare the pump controller's architecture options across seeds.
+    Compare(sim::devices::pump::compare::CompareArgs),
 }
 
 #[derive(clap::Args)]
@@ -117,6 +120,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Scenario(args) => scenario_command(args),
+        Command::Compare(args) => match sim::devices::pump::compare::command(&args) {
+            Ok(table) => {
+                println!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run(args) => match run_command(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

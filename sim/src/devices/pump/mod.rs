@@ -15,9 +15,10 @@
 //!   simulated UART; the WiFi MCU derives the priority from the snapshots it receives.
 //!
 //! Core and priority map (ESP32 names): the WiFi driver's background task at 23 on the network
-//! core, the command task 7, the event bridge 6, the MQTT task 5, status 4, WebSocket 3; motion
+//! core, the event bridge 6, the command task 5 (esp-mqtt's receive path), the MQTT task 5, status 4, WebSocket 3; motion
 //! 20 and the 10 ms control tick 15 on the pump core; the option-3 link tasks at 10.
 pub mod board;
+pub mod compare;
 pub mod net;
 
 use std::cell::{Cell, RefCell};
@@ -807,7 +808,9 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
             .detach();
     };
     net_task("wifi", 23, Box::pin(net.clone().wifi_load_task()));
-    net_task("cmd", 7, Box::pin(net.clone().cmd_task()));
+    // esp-mqtt hands received messages over in its own task, the one that publishes: the
+    // command path shares the MQTT task's priority.
+    net_task("cmd", 5, Box::pin(net.clone().cmd_task()));
     let arch = spec.arch.firmware();
     {
         let (f, n, c) = (net_fw.clone(), net.clone(), clock.clone());
@@ -895,6 +898,36 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
         })
     };
     net_task("bridge", 6, bridge);
+    // The UI lag runs from a pump-side change the operator must see (a pump starting or
+    // stopping, dispensing, emergency, alarm; not the running totals), measured by a free
+    // observer, not firmware.
+    {
+        let (f, n) = (fw.clone(), net.clone());
+        kernel
+            .spawn(TaskSpec::world(format!("{name}.ui_lag")), async move {
+                let fw = f;
+                let Some(mut rx) = fw.channels.snapshot.receiver() else {
+                    return;
+                };
+                let key = |s: &MotionSnapshot| {
+                    (
+                        s.pumps.map(|p| p.active),
+                        s.dispensing,
+                        s.emergency,
+                        s.alarm.is_some(),
+                    )
+                };
+                let mut last = None;
+                loop {
+                    let s = rx.changed().await;
+                    if last != Some(key(&s)) {
+                        last = Some(key(&s));
+                        n.snapshot_changed();
+                    }
+                }
+            })
+            .detach();
+    }
     kernel
         .spawn(
             TaskSpec::world(format!("{name}.broker")),

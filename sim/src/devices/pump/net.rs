@@ -236,7 +236,7 @@ pub struct Net {
     pub broker: RefCell<Broker>,
     /// The latest motion snapshot seen by the network side (for states and the UI).
     pub snapshot: Cell<MotionSnapshot>,
-    /// The first snapshot change not yet shown on the WebSocket.
+    /// The first pump-side snapshot change not yet shown on the WebSocket.
     pub unshown_since: Cell<Option<Instant>>,
     /// WebSocket clients connected.
     pub ws_clients: Cell<u32>,
@@ -274,7 +274,12 @@ impl Net {
 
     /// A new snapshot seen by the bridge.
     pub fn set_snapshot(&self, s: MotionSnapshot) {
-        if self.snapshot.replace(s) != s && self.unshown_since.get().is_none() {
+        self.snapshot.set(s);
+    }
+
+    /// The pump side published a new snapshot: the UI lag runs from now.
+    pub fn snapshot_changed(&self) {
+        if self.unshown_since.get().is_none() {
             self.unshown_since.set(Some(self.clock.now()));
         }
     }
