@@ -48,12 +48,13 @@ use firmware_core::queue::{FullPolicy, Queue};
 use firmware_core::time::{Duration, Instant};
 use serde::Deserialize;
 
-use self::board::Board;
+use self::board::{Board, Probe, Tap};
 use self::net::{
     Broker, Net, NetCounters, SimMqtt, SimWs, Wifi, WifiConfig, pump_snapshot, push_event,
 };
 use super::{Device, DeviceSpec, StateValue, from_table, serde_duration};
 use crate::kernel::{CoreId, Kernel, SimClock, TaskSpec};
+use crate::periph::fluidnc::{FluidncBoard, FluidncConfig};
 use crate::periph::uart::{self, UartConfig, UartLink, UartPort};
 
 /// Architecture option.
@@ -230,9 +231,9 @@ struct LoadAction {
 #[serde(deny_unknown_fields)]
 struct AlarmAction {
     #[serde(default = "one")]
-    code: u16,
+    code: u8,
 }
-fn one() -> u16 {
+fn one() -> u8 {
     1
 }
 
@@ -593,18 +594,28 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
         UartConfig::new_8n1(115_200),
     )
     .unwrap_or_else(|_| unreachable!("115200 8N1 is a valid line"));
-    let board = Board::new(
+    let fluidnc = FluidncBoard::new(
+        kernel,
+        &format!("{name}.fluidnc"),
+        FluidncConfig {
+            ml_per_mm: [f64::from(spec.ml_per_mm); 4],
+            ..FluidncConfig::default()
+        },
+    )
+    .unwrap_or_else(|_| unreachable!("ml_per_mm was checked positive"));
+    let probe = Rc::new(RefCell::new(Probe::default()));
+    let tap = Tap::new(
         name,
+        board_port,
+        probe.clone(),
         clock.clone(),
         tracer.clone(),
-        kernel.rng(&format!("{name}.fluidnc")),
     );
-    kernel
-        .spawn(
-            TaskSpec::world(format!("{name}.fluidnc")),
-            board.clone().run(board_port),
-        )
-        .detach();
+    fluidnc.spawn(kernel, tap).detach();
+    let board = Board {
+        board: fluidnc,
+        probe,
+    };
 
     // The motion task.
     let cfg = MotionConfig {
@@ -963,7 +974,7 @@ impl PumpDevice {
 
     /// Press the E-stop button.
     pub fn press_estop(&self) {
-        self.board.state.borrow_mut().estop_edge = Some(self.clock.now());
+        self.board.probe.borrow_mut().estop_edge = Some(self.clock.now());
         self.net.broker.borrow_mut().watch_first = true;
         self.button.set(true);
         self.net
@@ -985,7 +996,7 @@ impl Device for PumpDevice {
                 let a: DispenseAction = from_table(params)?;
                 let mut doses = heapless::Vec::new();
                 let _ = doses.push(dose(&a.pump, a.volume_ml, a.flow_ml_min)?);
-                self.board.state.borrow_mut().command_sent = Some(now);
+                self.board.probe.borrow_mut().command_sent = Some(now);
                 if !self.local_command(MotionCommand::Dispense(doses)) {
                     return Err("the motion command queue is full".into());
                 }
@@ -994,7 +1005,7 @@ impl Device for PumpDevice {
                 let a: NameAction = from_table(params)?;
                 let name = heapless::String::try_from(a.name.as_str())
                     .map_err(|_| "recipe name too long".to_owned())?;
-                self.board.state.borrow_mut().command_sent = Some(now);
+                self.board.probe.borrow_mut().command_sent = Some(now);
                 if !self.local_command(MotionCommand::StartRecipe(name)) {
                     return Err("the motion command queue is full".into());
                 }
@@ -1014,7 +1025,7 @@ impl Device for PumpDevice {
             "mqtt.command" => {
                 let a: JsonAction = from_table(params)?;
                 if a.json.contains("\"dispense\"") || a.json.contains("\"recipe\"") {
-                    self.board.state.borrow_mut().command_sent = Some(now);
+                    self.board.probe.borrow_mut().command_sent = Some(now);
                 }
                 self.net.command_from_client(a.json);
             }
@@ -1038,16 +1049,20 @@ impl Device for PumpDevice {
             "wifi.reconnect" => self.set_link("wifi", true),
             "broker.down" => self.set_link("broker", false),
             "broker.up" => self.set_link("broker", true),
-            "fluidnc.alarm" => self.board.alarm(from_table::<AlarmAction>(params)?.code),
-            "fluidnc.never_idle" => self.board.state.borrow_mut().never_idle = true,
+            "fluidnc.alarm" => self
+                .board
+                .board
+                .raise_alarm(from_table::<AlarmAction>(params)?.code),
+            "fluidnc.never_idle" => self.board.board.set_never_idle(true),
             "fluidnc.disconnect" => self.fluidnc_uart.disconnect(),
             "fluidnc.reconnect" => self.fluidnc_uart.reconnect(),
             "fluidnc.garbage" => self
                 .board
-                .garbage(from_table::<GarbageAction>(params)?.bytes),
+                .board
+                .inject_garbage(from_table::<GarbageAction>(params)?.bytes),
             "fluidnc.stuck" => {
                 let p = pump_of(&from_table::<PumpAction>(params)?.pump)?;
-                self.board.state.borrow_mut().stuck[p.index()] = true;
+                self.board.board.set_stuck(p.index(), true);
             }
             other => return Err(format!("no action `{other}`")),
         }
@@ -1074,8 +1089,8 @@ impl Device for PumpDevice {
             "queue.depth" => int(depth as u64),
             "queue.drops" => int(u64::from(ob.dropped())),
             "queue.high_water" => int(u64::from(ob.high_water)),
-            "uart.last_tx" => Some(StateValue::Text(self.board.state.borrow().last_rx.clone())),
-            "uart.lines" => int(self.board.state.borrow().lines),
+            "uart.last_tx" => Some(StateValue::Text(self.board.probe.borrow().last_rx.clone())),
+            "uart.lines" => int(self.board.probe.borrow().lines),
             "mqtt.delivered" => int(b.delivered),
             "mqtt.lost" => int(b.lost),
             "mqtt.connected" => Some(StateValue::Bool(self.net.mqtt_connected.get())),
@@ -1086,7 +1101,7 @@ impl Device for PumpDevice {
                 b.retained.get(topic::STATUS).cloned().unwrap_or_default(),
             )),
             "ws.frames" => int(self.net.counters.ws_frames.get()),
-            "fluidnc.state" => Some(StateValue::Text(format!("{:?}", self.board.machine()))),
+            "fluidnc.state" => Some(StateValue::Text(self.board.machine().into())),
             "resume.dispensed_ml" => Some(StateValue::Float(self.net.counters.resumed_ml.get())),
             "events.lost" => int(u64::from(self.fw.channels.events.stats().lost())),
             "commands.bad" => int(self.net.counters.commands_bad.get()),
