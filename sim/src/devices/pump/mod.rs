@@ -19,6 +19,7 @@
 //! 20 and the 10 ms control tick 15 on the pump core; the option-3 link tasks at 10.
 pub mod board;
 pub mod compare;
+pub mod live;
 pub mod net;
 
 use std::cell::{Cell, RefCell};

@@ -443,7 +443,7 @@ impl Net {
 }
 
 /// The firmware's command as a motion command (`None` for commands motion does not know).
-fn to_motion(c: Command) -> Option<MotionCommand> {
+pub(crate) fn to_motion(c: Command) -> Option<MotionCommand> {
     Some(match c {
         Command::StartDispense(d) => {
             let mut doses = heapless::Vec::new();
@@ -534,6 +534,9 @@ impl WsSink for SimWs {
     async fn broadcast(&mut self, text: &str) {
         let net = &self.net;
         let now = net.clock.now();
+        if let Some(sink) = net.ws_sink.borrow_mut().as_mut() {
+            sink(text);
+        }
         let clients = net.ws_clients.get();
         if clients == 0 {
             self.last = None;
@@ -556,9 +559,6 @@ impl WsSink for SimWs {
                 &net.metric("ws.lag_ms"),
                 now.saturating_since(since).as_micros() as f64 / 1000.0,
             );
-        }
-        if let Some(sink) = net.ws_sink.borrow_mut().as_mut() {
-            sink(text);
         }
     }
 }
