@@ -50,13 +50,12 @@ use firmware_core::time::{Duration, Instant};
 use serde::Deserialize;
 
 use self::board::{Board, Probe, Tap};
-use self::net::{
-    Broker, Net, NetCounters, SimMqtt, SimWs, Wifi, WifiConfig, pump_snapshot, push_event,
-};
+use self::net::{Broker, Net, NetCounters, SimMqtt, SimWs, pump_snapshot, push_event};
 use super::{Device, DeviceSpec, StateValue, from_table, serde_duration};
 use crate::kernel::{CoreId, Kernel, SimClock, TaskSpec};
 use crate::periph::fluidnc::{FluidncBoard, FluidncConfig};
 use crate::periph::uart::{self, UartConfig, UartLink, UartPort};
+use crate::periph::wifi::{self, TxPower, WifiConfig};
 
 /// Architecture option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -114,6 +113,9 @@ struct WifiTable {
     loss: Option<f64>,
     #[serde(default)]
     rate_mbps: Option<f64>,
+    /// The ESP32's transmit power (`"5dBm"`, `"WIFI_POWER_5dBm"`, …).
+    #[serde(default)]
+    tx_power: Option<String>,
 }
 
 mod opt_duration {
@@ -362,6 +364,11 @@ fn check_wifi(w: &WifiTable) -> Result<(), String> {
     {
         return Err(format!("wifi rate_mbps must be above zero, got {r}"));
     }
+    if let Some(p) = &w.tx_power {
+        p.parse::<TxPower>().map_err(|_| {
+            format!("wifi tx_power `{p}`: expected one of the ESP32's levels, e.g. 5dBm")
+        })?;
+    }
     Ok(())
 }
 
@@ -376,7 +383,14 @@ fn apply_wifi(c: &mut WifiConfig, w: &WifiTable) {
         c.loss = v;
     }
     if let Some(v) = w.rate_mbps {
-        c.rate_bps = v * 1e6;
+        c.bandwidth_bps = (v * 1e6) as u64;
+    }
+    if let Some(p) = w
+        .tx_power
+        .as_deref()
+        .and_then(|p| p.parse::<TxPower>().ok())
+    {
+        c.tx_power = p;
     }
 }
 
@@ -783,19 +797,17 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
         name: name.to_owned(),
         clock: clock.clone(),
         tracer: tracer.clone(),
-        wifi: RefCell::new(Wifi::new(
-            spec.wifi_config(),
-            kernel.rng(&format!("{name}.wifi")),
-        )),
+        wifi: wifi::link(kernel, &format!("{name}.wifi"), spec.wifi_config())
+            .unwrap_or_else(|_| unreachable!("the wifi table was checked")),
+        wifi_base: RefCell::new(spec.wifi_config()),
+        airtime: Cell::new(0.0),
+        cpu_load: Cell::new(0.0),
         broker: RefCell::new(Broker::new()),
         snapshot: Cell::new(Default::default()),
         unshown_since: Cell::new(None),
         ws_clients: Cell::new(spec.ws_clients),
         mqtt_connected: Cell::new(true),
         counters: NetCounters::default(),
-        inbox: RefCell::new(Default::default()),
-        broker_kick: Signal::new(),
-        cmd_kick: Signal::new(),
         load_kick: Signal::new(),
         submit: RefCell::new(submit),
         ws_sink: RefCell::new(None),
@@ -1036,14 +1048,14 @@ impl Device for PumpDevice {
             }
             "wifi" => {
                 let a: WifiTable = from_table(params)?;
-                apply_wifi(&mut self.net.wifi.borrow_mut().cfg, &a);
+                apply_wifi(&mut self.net.wifi_base.borrow_mut(), &a);
+                self.net.apply_wifi();
             }
             "wifi.load" => {
                 let a: LoadAction = from_table(params)?;
-                let mut w = self.net.wifi.borrow_mut();
-                w.airtime = a.airtime;
-                w.cpu_load = a.cpu;
-                drop(w);
+                self.net.airtime.set(a.airtime);
+                self.net.cpu_load.set(a.cpu);
+                self.net.apply_wifi();
                 self.net.load_kick.signal(());
             }
             "wifi.disconnect" => self.set_link("wifi", false),
@@ -1144,16 +1156,11 @@ fn mirror_priority(gov: &Governor<NoopRawMutex, GOV_RECEIVERS>, s: &MotionSnapsh
 impl PumpDevice {
     fn set_link(&self, what: &str, up: bool) {
         match what {
-            "wifi" => self.net.wifi.borrow_mut().connected = up,
+            "wifi" if up => self.net.wifi.reconnect(),
+            "wifi" => self.net.wifi.disconnect(),
             _ => {
-                let mut b = self.net.broker.borrow_mut();
-                b.up = up;
-                if !up {
-                    // The TCP connection dies with what was in flight.
-                    let lost = b.inbound.len() as u64;
-                    b.inbound.clear();
-                    b.lost += lost;
-                }
+                // What is in flight when the broker goes down is lost on arrival (counted).
+                self.net.broker.borrow_mut().up = up;
             }
         }
         self.net.tracer.record(

@@ -8,20 +8,20 @@
 //! client ([`SimWs`]), the task that turns motion events into outbox messages ([`event_message`]),
 //! and the command task that hands subscribed payloads to the firmware's parser.
 //!
-//! **WiFi.** Each publish charges CPU to the calling task (driver + lwIP + MQTT framing) and
-//! occupies the air for its bytes at the link rate, stretched by background traffic; it
-//! arrives after the link latency plus seeded jitter, and a lost segment costs a TCP
-//! retransmission timeout (TCP never loses data, it is only late). Arrivals keep their order.
-//! A QoS 1 publish returns once the PUBACK is back (one more latency). A disconnected WiFi or
-//! a broker that is down refuses the publish at once: the outbox keeps the message and retries
-//! with its backoff.
+//! **WiFi.** Publishes go up and commands come down the packet link of `sim::periph::wifi`,
+//! which charges the calling task the driver's CPU time (the MQTT task on a publish, the command
+//! task on a receive), queues packets for the air, and delivers them after latency and seeded
+//! jitter, or loses them. Background traffic takes a share of the link's bandwidth (`airtime`)
+//! and of the network core (the WiFi task's `cpu_load`). A QoS 1 publish returns after the way
+//! there and back (the PUBACK). A disconnected link, a full driver queue or a broker that is down
+//! refuses the publish at once: the outbox keeps the message and retries with its backoff.
 //!
 //! **Broker.** A world task that takes what arrives, keeps retained messages, and records each
 //! delivery as an event `<device>.mqtt` `<topic> <payload>`, with the delivery latency (from
 //! the `timestamp` the firmware writes into status, alarm and event payloads) as
 //! `<device>.mqtt.latency_ms`.
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::rc::Rc;
 
@@ -36,10 +36,9 @@ use firmware_core::pump::outbox::{Message, SharedOutbox, alarm_message, topic};
 use firmware_core::pump::status::PumpSnapshot;
 use firmware_core::pump::ws::WsSink;
 use firmware_core::time::{Duration, Instant};
-use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 
 use crate::kernel::{SimClock, Tracer};
+use crate::periph::wifi::{WifiConfig, WifiDirection, WifiLink, WifiSendError};
 
 type Kick = Signal<NoopRawMutex, ()>;
 
@@ -59,112 +58,18 @@ pub type Forward = Box<dyn FnMut(&Msg)>;
 /// Where WebSocket frames go (the live twin's server).
 pub type FrameSink = Box<dyn FnMut(&str)>;
 
-/// WiFi link settings (the `wifi` table of the device and the `wifi` action).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct WifiConfig {
-    /// One-way latency to the broker.
-    pub latency: Duration,
-    /// Uniform extra latency, drawn per message.
-    pub jitter: Duration,
-    /// Chance that a message's segment is lost and retransmitted.
-    pub loss: f64,
-    /// TCP retransmission timeout.
-    pub rto: Duration,
-    /// Link rate, bits per second.
-    pub rate_bps: f64,
-    /// CPU per message (driver, lwIP, MQTT framing).
-    pub cpu_per_msg: Duration,
-    /// CPU per kilobyte of payload.
-    pub cpu_per_kb: Duration,
-}
-
-impl Default for WifiConfig {
-    fn default() -> Self {
-        WifiConfig {
-            latency: Duration::from_millis(4),
-            jitter: Duration::from_millis(2),
-            loss: 0.0,
-            rto: Duration::from_millis(200),
-            rate_bps: 6e6,
-            cpu_per_msg: Duration::from_micros(250),
-            cpu_per_kb: Duration::from_micros(200),
-        }
-    }
-}
-
 /// Why a publish did not leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// The station is not associated.
     #[error("wifi disconnected")]
     WifiDown,
+    /// The WiFi driver's transmit queue is full.
+    #[error("wifi transmit queue full")]
+    QueueFull,
     /// The broker does not accept the connection.
     #[error("broker unreachable")]
     BrokerDown,
-}
-
-/// The WiFi link model.
-pub struct Wifi {
-    /// Settings.
-    pub cfg: WifiConfig,
-    /// Associated with the access point.
-    pub connected: bool,
-    /// Airtime fraction taken by other stations (0 to 0.95).
-    pub airtime: f64,
-    /// CPU fraction of core 0 that background traffic costs (the WiFi task's share).
-    pub cpu_load: f64,
-    medium_free: Instant,
-    last_arrival: Instant,
-    rng: ChaCha8Rng,
-}
-
-impl Wifi {
-    /// A connected link.
-    pub fn new(cfg: WifiConfig, rng: ChaCha8Rng) -> Self {
-        Wifi {
-            cfg,
-            connected: true,
-            airtime: 0.0,
-            cpu_load: 0.0,
-            medium_free: Instant::ZERO,
-            last_arrival: Instant::ZERO,
-            rng,
-        }
-    }
-
-    /// CPU a message of `bytes` costs its sender.
-    pub fn cpu_cost(&self, bytes: usize) -> Duration {
-        self.cfg.cpu_per_msg
-            + Duration::from_micros(self.cfg.cpu_per_kb.as_micros() * bytes as u64 / 1024)
-    }
-
-    /// When a message of `bytes` sent at `now` arrives.
-    pub fn transmit(&mut self, now: Instant, bytes: usize) -> Instant {
-        let share = (1.0 - self.airtime.clamp(0.0, 0.95)).max(0.05);
-        let air = Duration::from_micros(
-            ((bytes as f64 + 60.0) * 8.0 / self.cfg.rate_bps / share * 1e6) as u64,
-        );
-        let start = if self.medium_free > now {
-            self.medium_free
-        } else {
-            now
-        };
-        self.medium_free = start + air;
-        let jitter = match self.cfg.jitter.as_micros() {
-            0 => 0,
-            j => self.rng.random_range(0..=j),
-        };
-        let mut arrival = self.medium_free + self.cfg.latency + Duration::from_micros(jitter);
-        let loss = self.cfg.loss.clamp(0.0, 0.9) + self.airtime.clamp(0.0, 0.95) * 0.02;
-        while self.rng.random_bool(loss) {
-            arrival += self.cfg.rto;
-        }
-        if arrival < self.last_arrival {
-            arrival = self.last_arrival;
-        }
-        self.last_arrival = arrival;
-        arrival
-    }
 }
 
 /// What a deterministic run's broker saw.
@@ -172,10 +77,6 @@ impl Wifi {
 pub struct Broker {
     /// Accepting connections.
     pub up: bool,
-    /// Messages on their way in, with the instant they were created (payload timestamp).
-    pub inbound: VecDeque<(Instant, Msg, Option<Instant>)>,
-    /// Commands on their way to the controller.
-    downlink: VecDeque<(Instant, String)>,
     /// Retained messages by topic.
     pub retained: BTreeMap<String, String>,
     /// Messages delivered.
@@ -230,8 +131,14 @@ pub struct Net {
     pub clock: SimClock,
     /// Trace.
     pub tracer: Tracer,
-    /// The WiFi link.
-    pub wifi: RefCell<Wifi>,
+    /// The WiFi link (`sim::periph::wifi`).
+    pub wifi: WifiLink,
+    /// The link's settings before background traffic takes its share of the air.
+    pub wifi_base: RefCell<WifiConfig>,
+    /// Share of the air other stations take (0 to 0.95).
+    pub airtime: Cell<f64>,
+    /// Share of the network core the WiFi task spends on background traffic (0 to 0.95).
+    pub cpu_load: Cell<f64>,
     /// The fake broker.
     pub broker: RefCell<Broker>,
     /// The latest motion snapshot seen by the network side (for states and the UI).
@@ -244,12 +151,6 @@ pub struct Net {
     pub mqtt_connected: Cell<bool>,
     /// Counters.
     pub counters: NetCounters,
-    /// Commands received from the broker, not yet parsed.
-    pub inbox: RefCell<VecDeque<String>>,
-    /// Wakes the broker (a new message in flight).
-    pub broker_kick: Kick,
-    /// Wakes the command task.
-    pub cmd_kick: Kick,
     /// Wakes the WiFi load task.
     pub load_kick: Kick,
     /// Hands a parsed command to the motion side; false when refused.
@@ -258,6 +159,28 @@ pub struct Net {
     pub ws_sink: RefCell<Option<FrameSink>>,
     /// Recipe names, for the command parser.
     pub recipes: Vec<String>,
+}
+
+/// An MQTT PUBLISH as it crosses the WiFi link (the twin's framing: JSON of topic, payload,
+/// retain; the size is close to the real packet's).
+pub fn encode_packet(topic: &str, payload: &[u8], retain: bool) -> Vec<u8> {
+    serde_json::json!({
+        "t": topic,
+        "p": String::from_utf8_lossy(payload),
+        "r": retain,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The message in a packet from [`encode_packet`].
+pub fn decode_packet(bytes: &[u8]) -> Option<Msg> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    Some(Msg {
+        topic: v.get("t")?.as_str()?.to_owned(),
+        payload: v.get("p")?.as_str()?.to_owned(),
+        retain: v.get("r")?.as_bool()?,
+    })
 }
 
 /// Read the `"timestamp":<ms>` field the firmware writes into its payloads.
@@ -284,8 +207,16 @@ impl Net {
         }
     }
 
+    /// Apply the base settings with the background traffic's share of the air taken out.
+    pub fn apply_wifi(&self) {
+        let mut c = self.wifi_base.borrow().clone();
+        let share = (1.0 - self.airtime.get().clamp(0.0, 0.95)).max(0.05);
+        c.bandwidth_bps = ((c.bandwidth_bps as f64 * share) as u64).max(1);
+        let _ = self.wifi.set_config(c);
+    }
+
     fn link_ok(&self) -> Result<(), SendError> {
-        if !self.wifi.borrow().connected {
+        if !self.wifi.is_connected() {
             return Err(SendError::WifiDown);
         }
         if !self.broker.borrow().up {
@@ -303,11 +234,9 @@ impl Net {
             .map(|n| RecipeInfo { name: n.as_str() })
             .collect();
         loop {
-            let next = self.inbox.borrow_mut().pop_front();
-            let Some(text) = next else {
-                self.cmd_kick.wait().await;
-                continue;
-            };
+            // The receive charges this task the driver's CPU time.
+            let bytes = self.wifi.recv(WifiDirection::Down).await;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
             self.clock.charge(Duration::from_micros(80));
             let parsed = command::parse_command(text.as_bytes(), &Limits::DEFAULT, &infos);
             match parsed.map(to_motion) {
@@ -332,96 +261,68 @@ impl Net {
         }
     }
 
-    /// The client side of a command: published to the broker now, delivered to the controller
-    /// after the WiFi latency.
+    /// The client side of a command: the broker forwards it down the WiFi link at once (lost,
+    /// and counted, when the broker is down or the link refuses it).
     pub fn command_from_client(&self, payload: String) {
-        let lat = self.wifi.borrow().cfg.latency;
-        self.broker
-            .borrow_mut()
-            .downlink
-            .push_back((self.clock.now() + lat, payload));
-        self.broker_kick.signal(());
+        if !self.broker.borrow().up
+            || self
+                .wifi
+                .send(WifiDirection::Down, payload.into_bytes())
+                .is_err()
+        {
+            self.broker.borrow_mut().lost += 1;
+        }
     }
 
-    /// The broker world task (deterministic runs): delivers what arrives, keeps retained
-    /// messages, records `mqtt` events and latency.
+    /// The broker world task (deterministic runs): takes what arrives over the WiFi uplink,
+    /// keeps retained messages, records `mqtt` events and latency.
     pub async fn broker_task(self: Rc<Self>) {
         let source = self.metric("mqtt");
         let m_latency = self.metric("mqtt.latency_ms");
         let m_status = self.metric("status.interval_s");
         loop {
+            let packet = self.wifi.recv(WifiDirection::Up).await;
             let now = self.clock.now();
-            loop {
-                let due = {
-                    let mut b = self.broker.borrow_mut();
-                    match b.inbound.front() {
-                        Some((t, _, _)) if *t <= now => b.inbound.pop_front(),
-                        _ => None,
-                    }
-                };
-                let Some((_, msg, created)) = due else { break };
-                let mut b = self.broker.borrow_mut();
-                if !b.up {
-                    b.lost += 1;
-                    continue;
-                }
-                b.delivered += 1;
-                *b.per_topic.entry(msg.topic.clone()).or_insert(0) += 1;
-                if msg.retain {
-                    b.retained.insert(msg.topic.clone(), msg.payload.clone());
-                }
-                if b.watch_first && msg.topic != topic::STATUS {
-                    b.watch_first = false;
-                    b.first_after_estop = Some(msg.topic.clone());
-                }
-                if msg.topic == topic::STATUS {
-                    if let Some(prev) = b.last_status {
-                        self.tracer.sample(
-                            &m_status,
-                            now.saturating_since(prev).as_micros() as f64 / 1e6,
-                        );
-                    }
-                    b.last_status = Some(now);
-                }
-                if let Some(f) = b.forward.as_mut() {
-                    f(&msg);
-                }
-                drop(b);
-                if let Some(t) = created {
+            let Some(msg) = decode_packet(&packet) else {
+                self.broker.borrow_mut().lost += 1;
+                continue;
+            };
+            let created = payload_timestamp(&msg.payload);
+            let mut b = self.broker.borrow_mut();
+            if !b.up {
+                b.lost += 1;
+                continue;
+            }
+            b.delivered += 1;
+            *b.per_topic.entry(msg.topic.clone()).or_insert(0) += 1;
+            if msg.retain {
+                b.retained.insert(msg.topic.clone(), msg.payload.clone());
+            }
+            if b.watch_first && msg.topic != topic::STATUS {
+                b.watch_first = false;
+                b.first_after_estop = Some(msg.topic.clone());
+            }
+            if msg.topic == topic::STATUS {
+                if let Some(prev) = b.last_status {
                     self.tracer.sample(
-                        &m_latency,
-                        now.saturating_since(t).as_micros() as f64 / 1000.0,
+                        &m_status,
+                        now.saturating_since(prev).as_micros() as f64 / 1e6,
                     );
                 }
-                self.tracer
-                    .record(&source, format!("{} {}", msg.topic, msg.payload));
+                b.last_status = Some(now);
             }
-            loop {
-                let due = {
-                    let mut b = self.broker.borrow_mut();
-                    match b.downlink.front() {
-                        Some((t, _)) if *t <= now => b.downlink.pop_front(),
-                        _ => None,
-                    }
-                };
-                let Some((_, text)) = due else { break };
-                if self.wifi.borrow().connected && self.broker.borrow().up {
-                    self.inbox.borrow_mut().push_back(text);
-                    self.cmd_kick.signal(());
-                } else {
-                    self.broker.borrow_mut().lost += 1;
-                }
+            if let Some(f) = b.forward.as_mut() {
+                f(&msg);
             }
-            let next = {
-                let b = self.broker.borrow();
-                let a = b.inbound.front().map(|(t, _, _)| *t);
-                let d = b.downlink.front().map(|(t, _)| *t);
-                match (a, d) {
-                    (Some(a), Some(d)) => a.min(d),
-                    (a, d) => a.or(d).unwrap_or(Instant::MAX),
-                }
-            };
-            select(self.clock.sleep_until(next), self.broker_kick.wait()).await;
+            drop(b);
+            if let Some(t) = created {
+                self.tracer.sample(
+                    &m_latency,
+                    now.saturating_since(t).as_micros() as f64 / 1000.0,
+                );
+            }
+            self.tracer
+                .record(&source, format!("{} {}", msg.topic, msg.payload));
         }
     }
 
@@ -429,7 +330,7 @@ impl Net {
     pub async fn wifi_load_task(self: Rc<Self>) {
         let tick = Duration::from_millis(10);
         loop {
-            let load = self.wifi.borrow().cpu_load;
+            let load = self.cpu_load.get();
             if load <= 0.0 {
                 self.load_kick.wait().await;
                 continue;
@@ -494,28 +395,19 @@ impl MqttPort for SimMqtt {
         }
         net.tracer
             .sample(&net.metric("queue.depth"), (self.outbox)() as f64);
-        let bytes = topic.len() + payload.len() + 4;
-        let text = String::from_utf8_lossy(payload).into_owned();
-        let created = payload_timestamp(&text);
-        let (arrival, back) = {
-            let mut wifi = net.wifi.borrow_mut();
-            net.clock.charge(wifi.cpu_cost(bytes));
-            let arrival = wifi.transmit(net.clock.now(), bytes);
-            (arrival, wifi.cfg.latency)
-        };
-        net.broker.borrow_mut().inbound.push_back((
-            arrival,
-            Msg {
-                topic: topic.to_owned(),
-                payload: text,
-                retain,
-            },
-            created,
-        ));
-        net.broker_kick.signal(());
+        let packet = encode_packet(topic, payload, retain);
+        // The send charges this task the driver's CPU time.
+        match net.wifi.send(WifiDirection::Up, packet) {
+            Ok(()) => {}
+            Err(WifiSendError::QueueFull) => return Err(SendError::QueueFull),
+            Err(WifiSendError::Disconnected) => return Err(SendError::WifiDown),
+        }
         if qos == MqttQos::AtLeastOnce {
-            // Accepted once the PUBACK is back.
-            net.clock.sleep_until(arrival + back).await;
+            // Accepted once the PUBACK is back: the way there and back, bounded by the jitter.
+            let c = net.wifi.config();
+            net.clock
+                .sleep(c.latency + c.latency + c.jitter + c.airtime(payload.len() + 64))
+                .await;
         }
         Ok(())
     }
@@ -542,7 +434,7 @@ impl WsSink for SimWs {
             self.last = None;
             return;
         }
-        let cost = net.wifi.borrow().cpu_cost(text.len() + 6);
+        let cost = net.wifi.config().cpu_cost(text.len() + 6);
         net.clock.charge(cost.saturating_mul(u64::from(clients)));
         net.counters
             .ws_frames
