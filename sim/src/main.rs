@@ -3,6 +3,7 @@
 //! * `twin run` (the default): the live twin, paced to the wall clock.
 //! * `twin scenario <PATH>...`: run scenario files deterministically; exit 0 when all pass,
 //!   1 when an expectation fails, 2 on invalid input.
+//! * `twin console pdu --ready-file F`: a running twin's console on stdin/stdout.
 //! * `twin compare --seeds N`: the pump controller's architecture options side by side.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,8 +30,22 @@ enum Command {
     Run(RunArgs),
     /// Run scenario files or folders in virtual time.
     Scenario(ScenarioArgs),
+    /// Talk to a running twin's console on stdin/stdout (`twin console pdu --ready-file F`).
+    Console(ConsoleArgs),
     /// Compare the pump controller's architecture options across seeds.
     Compare(sim::devices::pump::compare::CompareArgs),
+}
+
+#[derive(clap::Args)]
+struct ConsoleArgs {
+    /// The twin whose console to attach (`pdu`).
+    twin: String,
+    /// The ready file the running twin wrote (`twin run --ready-file`).
+    #[arg(long, conflicts_with = "path")]
+    ready_file: Option<PathBuf>,
+    /// The console's pseudo-terminal, as printed by `twin run`.
+    #[arg(long)]
+    path: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +145,13 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Console(args) => match console_command(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run(args) => match run_command(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -213,6 +235,19 @@ fn scenario_command(args: ScenarioArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn console_command(args: ConsoleArgs) -> anyhow::Result<()> {
+    use sim::devices::pdu::live::{attach_console, console_from_ready_file};
+    if args.twin != "pdu" {
+        anyhow::bail!("no console for twin `{}` (consoles: pdu)", args.twin);
+    }
+    let path = match (args.path, args.ready_file) {
+        (Some(p), _) => p,
+        (None, Some(ready)) => console_from_ready_file(&ready)?,
+        (None, None) => anyhow::bail!("give --ready-file FILE or --path /dev/pts/N"),
+    };
+    attach_console(&path)
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<()> {

@@ -121,6 +121,7 @@ pub trait LiveHandle {
 pub fn twins() -> Vec<Box<dyn LiveTwin>> {
     vec![
         Box::new(DemoTwin),
+        Box::new(crate::devices::pdu::live::PduTwin),
         Box::new(crate::devices::pump::live::PumpTwin),
     ]
 }
