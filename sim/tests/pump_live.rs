@@ -1,6 +1,7 @@
 //! The live pump twin as its users meet it: `mosquitto_sub` sees the retained status and the
-//! E-stop alarm, a WebSocket client gets frames at the feed's rate, and a headless Chromium
-//! presses Start on the twin's page and sees the pump go active.
+//! E-stop alarm, a WebSocket client gets frames at the feed's rate, a headless Chromium presses
+//! Start on the twin's page and sees the pump go active, and a G-code sender on the FluidNC
+//! pseudo-terminal gets answers.
 //!
 //! Needs the Debian packages `mosquitto-clients` and `chromium` (`cargo xtask` installs them
 //! when run as root). Every service binds an ephemeral port; rates are checked by counting frames
@@ -342,4 +343,48 @@ fn headless_chromium_presses_start_and_sees_the_pump_go_active() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+#[test]
+fn a_gcode_sender_on_the_pseudo_terminal_talks_to_a_simulated_fluidnc() {
+    let t = start_twin("pty");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("ready-pump-pty.json"),
+        )
+        .expect("ready file"),
+    )
+    .expect("json");
+    let path = json["pump_fluidnc"]
+        .as_str()
+        .expect("pump_fluidnc")
+        .to_owned();
+    let mut port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open the pty");
+    let mut reader = port.try_clone().expect("clone");
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    port.write_all(b"G91 G1 X1 F200\n?").expect("write");
+    let mut seen = String::new();
+    let start = Instant::now();
+    while !(seen.contains("ok") && seen.contains("<Run|")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the board did not answer: {seen:?}"
+        );
+        if let Ok(chunk) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    drop(t);
 }

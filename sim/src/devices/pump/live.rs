@@ -17,7 +17,11 @@
 //! channel read by a world task (its wakes cross threads), and the kernel reaches them through
 //! channels too. Nothing here runs in deterministic mode.
 //!
-//! Not done: the pseudo-terminal for the FluidNC side.
+//! * **FluidNC pseudo-terminal** (`pump_fluidnc`, a `/dev/pts/N` path): a bench FluidNC board of
+//!   the same configuration (same simulated part, its own instance) on a 115200 baud simulated
+//!   UART, bridged to a PTY so that a G-code sender (or `picocom`) can talk to the simulated
+//!   board directly. It is not the pump's board: that one's UART belongs to the controller, and a
+//!   second host on it would break the controller's character counting.
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
@@ -246,9 +250,121 @@ impl LiveTwin for PumpTwin {
             }
         });
 
+        match start_fluidnc_pty(kernel) {
+            Ok(path) => ctx.services.announce("pump_fluidnc", path),
+            Err(e) => eprintln!("pump: no FluidNC pseudo-terminal: {e:#}"),
+        }
+
         spawn_kernel_side(kernel, dev, from_io, status);
         Ok(Box::new(Handle))
     }
+}
+
+/// Open a PTY and bridge it to a bench FluidNC board; returns the terminal's path.
+fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use crate::periph::fluidnc::{FluidncBoard, FluidncConfig};
+    use crate::periph::uart::{self, UartConfig};
+    use embedded_io_async::{Read as _, Write as _};
+
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    // SAFETY: openpty writes two fds into the provided ints; null name/termios/winsize are
+    // allowed by its contract.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("openpty");
+    }
+    // SAFETY: openpty succeeded, so both fds are open and owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    // Raw mode: no echo, no line editing between the sender and the board.
+    // SAFETY: termios is plain data; tcgetattr fills it from a valid fd.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(slave.as_raw_fd(), &mut t) == 0 {
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t);
+        }
+    }
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
+        .context("pty path")?
+        .to_string_lossy()
+        .into_owned();
+
+    let (_link, board_port, host_port) =
+        uart::link(kernel, "pump.bench.uart", UartConfig::new_8n1(115_200))
+            .context("bench UART")?;
+    let board = FluidncBoard::new(kernel, "pump.bench.fluidnc", FluidncConfig::default())
+        .context("bench board")?;
+    board.spawn(kernel, board_port).detach();
+
+    let (to_board, mut from_pty) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (to_pty, pty_out) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+    let mut reader = std::fs::File::from(master.try_clone().context("pty fd")?);
+    let mut writer = std::fs::File::from(master);
+    std::thread::Builder::new()
+        .name("pump-fluidnc-rx".into())
+        .spawn(move || {
+            // Keep the slave open so the master never sees a hang-up while no sender is attached.
+            let _slave = slave;
+            let mut buf = [0u8; 256];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if to_board.send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => std::thread::sleep(StdDuration::from_millis(50)),
+                }
+            }
+        })
+        .context("pty reader thread")?;
+    std::thread::Builder::new()
+        .name("pump-fluidnc-tx".into())
+        .spawn(move || {
+            for chunk in pty_out {
+                if writer.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("pty writer thread")?;
+    let (mut rx, mut tx) = host_port.split();
+    kernel
+        .spawn(TaskSpec::world("pump.bench.pty_in"), async move {
+            while let Some(bytes) = from_pty.recv().await {
+                let _ = tx.write_all(&bytes).await;
+            }
+        })
+        .detach();
+    kernel
+        .spawn(TaskSpec::world("pump.bench.pty_out"), async move {
+            let mut buf = [0u8; 256];
+            loop {
+                if let Ok(n) = rx.read(&mut buf).await
+                    && n > 0
+                {
+                    // Full (64 chunks, nobody reading the terminal): the chunk is dropped, as a
+                    // serial line drops what nobody reads.
+                    let _ = to_pty.try_send(buf[..n].to_vec());
+                }
+            }
+        })
+        .detach();
+    Ok(path)
 }
 
 /// The kernel side: requests from the sockets, and the status report for `GET /api/status`.
