@@ -464,8 +464,7 @@ impl Server {
                 .iter()
                 .map(|n| RecipeInfo { name: n.as_str() })
                 .collect();
-            let request = trim_headers(&buf);
-            match command::handle_http(&request, &self.config, &infos) {
+            match command::handle_http(&buf, &self.config, &infos) {
                 HttpOutcome::Incomplete if buf.len() < REQUEST_MAX => continue,
                 HttpOutcome::Incomplete => {
                     return write_reply(&mut stream, &HttpReply::error(413, "request too large"))
@@ -559,49 +558,6 @@ impl Server {
     }
 }
 
-/// Headers the firmware's HTTP core reads.
-const KEPT_HEADERS: [&str; 9] = [
-    "host",
-    "authorization",
-    "content-length",
-    "content-type",
-    "connection",
-    "upgrade",
-    "sec-websocket-key",
-    "sec-websocket-version",
-    "sec-websocket-protocol",
-];
-
-/// The request with only the headers the firmware reads.
-///
-/// On the board, the web server library parses headers itself and hands the firmware what it
-/// asks for; the firmware's core accepts at most `pump::command::HEADERS_MAX` (16) headers and
-/// answers 400 beyond, and a browser's `fetch` sends more than that (the `sec-ch-ua*` and
-/// `sec-fetch-*` families alone are seven). The twin's front end does what the library would.
-fn trim_headers(buf: &[u8]) -> Vec<u8> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return buf.to_vec();
-    };
-    let (head, body) = buf.split_at(end + 4);
-    let Ok(head) = std::str::from_utf8(head) else {
-        return buf.to_vec();
-    };
-    let mut out = Vec::with_capacity(buf.len());
-    for (i, line) in head.split("\r\n").enumerate() {
-        let keep = i == 0
-            || line.split_once(':').is_some_and(|(k, _)| {
-                KEPT_HEADERS.contains(&k.trim().to_ascii_lowercase().as_str())
-            });
-        if keep && !line.is_empty() {
-            out.extend_from_slice(line.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
-}
-
 fn is_page_request(buf: &[u8]) -> bool {
     buf.starts_with(b"GET / ") || buf.starts_with(b"GET /index.html ")
 }
@@ -657,16 +613,6 @@ mod tests {
         );
         assert!(parse_broker("mqtt://nohost").is_err());
         assert!(parse_broker("mqtt://h:notaport").is_err());
-    }
-
-    #[test]
-    fn trimming_keeps_the_request_line_the_firmware_headers_and_the_body() {
-        let req = b"POST /api/stop HTTP/1.1\r\nHost: h\r\nSec-Fetch-Mode: cors\r\nAuthorization: Basic x\r\nContent-Length: 2\r\n\r\n{}";
-        let t = String::from_utf8(trim_headers(req)).unwrap();
-        assert_eq!(
-            t,
-            "POST /api/stop HTTP/1.1\r\nHost: h\r\nAuthorization: Basic x\r\nContent-Length: 2\r\n\r\n{}"
-        );
     }
 
     #[test]

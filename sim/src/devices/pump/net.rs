@@ -85,8 +85,7 @@ pub struct Broker {
     pub lost: u64,
     /// Last status delivery.
     last_status: Option<Instant>,
-    /// Set on a button edge; the first topic delivered after it, other than the status
-    /// telemetry, lands in `first_after_estop`.
+    /// Set on a button edge; the first topic delivered after it lands in `first_after_estop`.
     pub watch_first: bool,
     /// See `watch_first`.
     pub first_after_estop: Option<String>,
@@ -298,7 +297,7 @@ impl Net {
             if msg.retain {
                 b.retained.insert(msg.topic.clone(), msg.payload.clone());
             }
-            if b.watch_first && msg.topic != topic::STATUS {
+            if b.watch_first {
                 b.watch_first = false;
                 b.first_after_estop = Some(msg.topic.clone());
             }
