@@ -54,7 +54,8 @@ fn start_twin(tag: &str) -> Twin {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    let http = json["pump_http"].as_str().expect("pump_http").to_owned();
+    // The ready file gives plain `host:port`s, like the PDU's.
+    let http = format!("http://{}", json["pump_http"].as_str().expect("pump_http"));
     let mqtt = json["pump_mqtt"].as_str().expect("pump_mqtt");
     let (host, port) = mqtt
         .trim_start_matches("mqtt://")

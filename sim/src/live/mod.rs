@@ -18,6 +18,8 @@ use firmware_core::time::{Duration, Instant};
 
 use crate::kernel::{Kernel, LiveControl, RunEnd};
 
+pub mod pty;
+
 /// What `twin run` was asked for.
 #[derive(Debug, Clone)]
 pub struct LiveOptions {

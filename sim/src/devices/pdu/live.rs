@@ -12,21 +12,20 @@
 //! factory-fresh device with the default configuration stored) and written back at shutdown.
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::Duration as StdDuration;
 
 use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-use super::net::{ConsoleInput, Inbox, NetInput, ReplyTo};
+use super::net::{Inbox, NetInput, ReplyTo};
 use super::{Pdu, PduSpec};
 use crate::kernel::{Kernel, TaskSpec};
+use crate::live::pty::Pty;
 use crate::live::{LiveContext, LiveHandle, LiveTwin};
 use crate::periph::eeprom::Cat24c256;
 use firmware_core::time::Duration;
@@ -65,9 +64,7 @@ impl LiveHandle for PduHandle {
             net.high_water,
             console.accepted,
             console.dropped,
-            self.pty
-                .as_ref()
-                .map_or(0, |p| p.dropped.load(Ordering::Relaxed)),
+            self.pty.as_ref().map_or(0, |p| p.output().dropped()),
         );
         if let Some(path) = &self.state_file {
             self.eeprom.borrow_mut().save()?;
@@ -129,18 +126,18 @@ impl LiveTwin for PduTwin {
             .spawn(serve_snmp(Arc::new(snmp), sh.net_inbox.clone()));
         ctx.io.spawn(serve_http(http, sh.net_inbox.clone()));
 
-        let pty = match Pty::open(sh.console_inbox.clone()) {
+        let inbox = sh.console_inbox.clone();
+        // A full console inbox refuses the chunk (counted by the inbox).
+        let pty = match Pty::open("pdu-console", move |bytes| {
+            let _ = inbox.offer(bytes);
+            true
+        }) {
             Ok(pty) => {
-                ctx.services.announce("pdu_console", pty.path.clone());
-                let out = pty.output.clone();
-                let dropped = pty.dropped.clone();
+                ctx.services.announce("pdu_console", pty.path());
+                let out = pty.output();
                 sh.console_sinks
                     .borrow_mut()
-                    .push(Box::new(move |bytes: &[u8]| {
-                        if let Err(TrySendError::Full(_)) = out.try_send(bytes.to_vec()) {
-                            dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }));
+                    .push(Box::new(move |bytes: &[u8]| out.send(bytes.to_vec())));
                 Some(pty)
             }
             Err(e) => {
@@ -244,86 +241,6 @@ fn busy(why: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
-}
-
-/// The console's pseudo-terminal: a reader thread feeding the console inbox and a writer thread
-/// draining a bounded output channel (64 chunks; full: the chunk is dropped and counted).
-struct Pty {
-    path: String,
-    output: SyncSender<Vec<u8>>,
-    dropped: Arc<AtomicU64>,
-    // Kept open so the master never sees a hang-up while no terminal is attached.
-    _slave: OwnedFd,
-}
-
-impl Pty {
-    fn open(inbox: Arc<Inbox<ConsoleInput>>) -> std::io::Result<Pty> {
-        let mut master: libc::c_int = -1;
-        let mut slave: libc::c_int = -1;
-        // SAFETY: openpty writes two fds into the provided ints; null name/termios/winsize are
-        // allowed by its contract.
-        let rc = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: openpty succeeded, so both fds are open and owned by nobody else.
-        let (master, slave) =
-            unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        // Raw mode on the slave: no echo of our output back to us, no line editing in between.
-        // SAFETY: termios is plain data; tcgetattr fills it from a valid fd.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(slave.as_raw_fd(), &mut t) == 0 {
-                libc::cfmakeraw(&mut t);
-                libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t);
-            }
-        }
-        let path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))?
-            .to_string_lossy()
-            .into_owned();
-        let mut reader = std::fs::File::from(master.try_clone()?);
-        let mut writer = std::fs::File::from(master);
-        std::thread::Builder::new()
-            .name("pdu-console-rx".into())
-            .spawn(move || {
-                let mut buf = [0u8; 256];
-                loop {
-                    match reader.read(&mut buf) {
-                        Ok(0) => return,
-                        Ok(n) => {
-                            // A full console inbox drops the chunk (counted by the inbox).
-                            let _ = inbox.offer(buf.get(..n).unwrap_or(&[]).to_vec());
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(_) => std::thread::sleep(StdDuration::from_millis(50)),
-                    }
-                }
-            })?;
-        let (output, rx) = sync_channel::<Vec<u8>>(64);
-        std::thread::Builder::new()
-            .name("pdu-console-tx".into())
-            .spawn(move || {
-                for chunk in rx {
-                    if writer.write_all(&chunk).is_err() {
-                        return;
-                    }
-                }
-            })?;
-        Ok(Pty {
-            path,
-            output,
-            dropped: Arc::new(AtomicU64::new(0)),
-            _slave: slave,
-        })
-    }
 }
 
 /// The console path a running twin announced in its ready file (`pdu_console`).

@@ -13,9 +13,10 @@
 //!   clients is the device's `ws_clients`, so their CPU cost lands on the network core); text
 //!   from a session with credentials is parsed as a command.
 //!
-//! Sockets live on the live runtime's threads; they reach the kernel through an unbounded
-//! channel read by a world task (its wakes cross threads), and the kernel reaches them through
-//! channels too. Nothing here runs in deterministic mode.
+//! Sockets live on the live runtime's threads; they reach the kernel through a bounded channel
+//! read by a world task (its wakes cross threads; a full channel makes the socket side wait), and
+//! the kernel reaches them through bounded channels too (the relay to the real broker drops and
+//! counts when full; the count is printed at shutdown). Nothing here runs in deterministic mode.
 //!
 //! * **FluidNC pseudo-terminal** (`pump_fluidnc`, a `/dev/pts/N` path): a bench FluidNC board of
 //!   the same configuration (same simulated part, its own instance) on a 115200 baud simulated
@@ -23,6 +24,7 @@
 //!   board directly. It is not the pump's board: that one's UART belongs to the controller, and a
 //!   second host on it would break the controller's character counting.
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
@@ -35,6 +37,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::net::{Msg, to_motion};
 use super::{Arch, PumpDevice, PumpSpec, build};
 use crate::kernel::{Kernel, TaskSpec};
+use crate::live::pty::Pty;
 use crate::live::{LiveContext, LiveHandle, LiveTwin};
 use firmware_core::pump::command::{
     self, Command, HttpOutcome, HttpReply, Limits, RecipeInfo, RestConfig,
@@ -57,11 +60,30 @@ enum ToKernel {
     WsClients(i32),
 }
 
+/// Requests from the sockets waiting for the kernel.
+const TO_KERNEL_CAPACITY: usize = 256;
+/// Deliveries waiting for the relay to the real broker.
+const TO_BROKER_CAPACITY: usize = 1024;
+
 /// `twin run --twin pump`.
 pub struct PumpTwin;
 
-struct Handle;
-impl LiveHandle for Handle {}
+/// The running live pump: keeps the bench terminal open and reports what the relay to the real
+/// broker had to drop.
+struct Handle {
+    _pty: Option<Pty>,
+    broker_dropped: Arc<AtomicU64>,
+}
+
+impl LiveHandle for Handle {
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        println!(
+            "pump: messages the broker relay dropped (queue full): {}",
+            self.broker_dropped.load(Ordering::Relaxed)
+        );
+        Ok(())
+    }
+}
 
 fn parse_broker(url: &str) -> anyhow::Result<(String, u16)> {
     let rest = url
@@ -170,13 +192,21 @@ impl LiveTwin for PumpTwin {
                 (a.ip().to_string(), a.port())
             }
         };
-        ctx.services
-            .announce("pump_mqtt", format!("mqtt://{host}:{port}"));
-        let (to_kernel, from_io) = mpsc::unbounded_channel::<ToKernel>();
-        let (to_broker, mut outgoing) = mpsc::unbounded_channel::<Msg>();
-        dev.net.broker.borrow_mut().forward = Some(Box::new(move |m: &Msg| {
-            let _ = to_broker.send(m.clone());
-        }));
+        ctx.services.announce("pump_mqtt", format!("{host}:{port}"));
+        // Sockets to kernel: bounded, and senders wait for room (back-pressure, nothing lost).
+        let (to_kernel, from_io) = mpsc::channel::<ToKernel>(TO_KERNEL_CAPACITY);
+        // Kernel to the real broker: bounded; when full the message is dropped and counted
+        // (the kernel thread must never wait on a socket).
+        let (to_broker, mut outgoing) = mpsc::channel::<Msg>(TO_BROKER_CAPACITY);
+        let broker_dropped = Arc::new(AtomicU64::new(0));
+        {
+            let dropped = broker_dropped.clone();
+            dev.net.broker.borrow_mut().forward = Some(Box::new(move |m: &Msg| {
+                if to_broker.try_send(m.clone()).is_err() {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
         {
             let to_kernel = to_kernel.clone();
             ctx.io.spawn(async move {
@@ -205,7 +235,7 @@ impl LiveTwin for PumpTwin {
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
                             let text = String::from_utf8_lossy(&p.payload).into_owned();
-                            let _ = to_kernel.send(ToKernel::Mqtt(text));
+                            let _ = to_kernel.send(ToKernel::Mqtt(text)).await;
                         }
                         Ok(_) => {}
                         Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
@@ -229,8 +259,7 @@ impl LiveTwin for PumpTwin {
             .block_on(TcpListener::bind(http_addr))
             .with_context(|| format!("binding the pump HTTP server on {http_addr}"))?;
         let bound = listener.local_addr().context("HTTP address")?;
-        ctx.services
-            .announce("pump_http", format!("http://{bound}"));
+        ctx.services.announce("pump_http", bound.to_string());
         let server = Server {
             config: Arc::new(RestConfig::default()),
             recipes: Arc::new(recipes),
@@ -250,56 +279,34 @@ impl LiveTwin for PumpTwin {
             }
         });
 
-        match start_fluidnc_pty(kernel) {
-            Ok(path) => ctx.services.announce("pump_fluidnc", path),
-            Err(e) => eprintln!("pump: no FluidNC pseudo-terminal: {e:#}"),
-        }
+        let pty = match start_fluidnc_pty(kernel) {
+            Ok((path, pty)) => {
+                ctx.services.announce("pump_fluidnc", path);
+                Some(pty)
+            }
+            Err(e) => {
+                eprintln!("pump: no FluidNC pseudo-terminal: {e:#}");
+                None
+            }
+        };
 
         spawn_kernel_side(kernel, dev, from_io, status);
-        Ok(Box::new(Handle))
+        Ok(Box::new(Handle {
+            _pty: pty,
+            broker_dropped,
+        }))
     }
 }
 
 /// Open a PTY and bridge it to a bench FluidNC board; returns the terminal's path.
-fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
+///
+/// Input from the terminal waits for room (back-pressure, nothing lost: a flood from a G-code
+/// sender stalls its writes, as a UART without room would); output to it drops what nobody reads
+/// (see [`Pty`]).
+fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<(String, Pty)> {
     use crate::periph::fluidnc::{FluidncBoard, FluidncConfig};
     use crate::periph::uart::{self, UartConfig};
     use embedded_io_async::{Read as _, Write as _};
-
-    let mut master: libc::c_int = -1;
-    let mut slave: libc::c_int = -1;
-    // SAFETY: openpty writes two fds into the provided ints; null name/termios/winsize are
-    // allowed by its contract.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("openpty");
-    }
-    // SAFETY: openpty succeeded, so both fds are open and owned by nobody else.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-    // Raw mode: no echo, no line editing between the sender and the board.
-    // SAFETY: termios is plain data; tcgetattr fills it from a valid fd.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(slave.as_raw_fd(), &mut t) == 0 {
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t);
-        }
-    }
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", slave.as_raw_fd()))
-        .context("pty path")?
-        .to_string_lossy()
-        .into_owned();
 
     let (_link, board_port, host_port) =
         uart::link(kernel, "pump.bench.uart", UartConfig::new_8n1(115_200))
@@ -308,40 +315,12 @@ fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<String> {
         .context("bench board")?;
     board.spawn(kernel, board_port).detach();
 
-    let (to_board, mut from_pty) = mpsc::unbounded_channel::<Vec<u8>>();
-    let (to_pty, pty_out) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
-    let mut reader = std::fs::File::from(master.try_clone().context("pty fd")?);
-    let mut writer = std::fs::File::from(master);
-    std::thread::Builder::new()
-        .name("pump-fluidnc-rx".into())
-        .spawn(move || {
-            // Keep the slave open so the master never sees a hang-up while no sender is attached.
-            let _slave = slave;
-            let mut buf = [0u8; 256];
-            loop {
-                match reader.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if to_board.send(buf[..n].to_vec()).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(_) => std::thread::sleep(StdDuration::from_millis(50)),
-                }
-            }
-        })
-        .context("pty reader thread")?;
-    std::thread::Builder::new()
-        .name("pump-fluidnc-tx".into())
-        .spawn(move || {
-            for chunk in pty_out {
-                if writer.write_all(&chunk).is_err() {
-                    return;
-                }
-            }
-        })
-        .context("pty writer thread")?;
+    let (to_board, mut from_pty) = mpsc::channel::<Vec<u8>>(PTY_INPUT_CHUNKS);
+    let pty = Pty::open("pump-fluidnc", move |bytes| {
+        to_board.blocking_send(bytes).is_ok()
+    })
+    .context("pseudo-terminal")?;
+    let out = pty.output();
     let (mut rx, mut tx) = host_port.split();
     kernel
         .spawn(TaskSpec::world("pump.bench.pty_in"), async move {
@@ -357,21 +336,22 @@ fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<String> {
                 if let Ok(n) = rx.read(&mut buf).await
                     && n > 0
                 {
-                    // Full (64 chunks, nobody reading the terminal): the chunk is dropped, as a
-                    // serial line drops what nobody reads.
-                    let _ = to_pty.try_send(buf[..n].to_vec());
+                    out.send(buf[..n].to_vec());
                 }
             }
         })
         .detach();
-    Ok(path)
+    Ok((pty.path().to_owned(), pty))
 }
+
+/// Chunks typed into the FluidNC terminal that may wait for the simulated UART.
+const PTY_INPUT_CHUNKS: usize = 64;
 
 /// The kernel side: requests from the sockets, and the status report for `GET /api/status`.
 fn spawn_kernel_side(
     kernel: &mut Kernel,
     dev: PumpDevice,
-    mut from_io: mpsc::UnboundedReceiver<ToKernel>,
+    mut from_io: mpsc::Receiver<ToKernel>,
     status: Arc<Mutex<String>>,
 ) {
     let dev = std::rc::Rc::new(dev);
@@ -435,7 +415,7 @@ struct Server {
     recipes: Arc<Vec<String>>,
     status: Arc<Mutex<String>>,
     frames: broadcast::Sender<String>,
-    to_kernel: mpsc::UnboundedSender<ToKernel>,
+    to_kernel: mpsc::Sender<ToKernel>,
 }
 
 const REQUEST_MAX: usize = 8 * 1024;
@@ -472,7 +452,7 @@ impl Server {
                 }
                 HttpOutcome::Respond(r) => return write_reply(&mut stream, &r).await,
                 HttpOutcome::Execute(cmd, r) => {
-                    let _ = self.to_kernel.send(ToKernel::Command(cmd));
+                    let _ = self.to_kernel.send(ToKernel::Command(cmd)).await;
                     return write_reply(&mut stream, &r).await;
                 }
                 HttpOutcome::Status => {
@@ -511,7 +491,7 @@ impl Server {
             tokio_tungstenite::WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
         let (mut tx, mut rx) = ws.split();
         let mut frames = self.frames.subscribe();
-        let _ = self.to_kernel.send(ToKernel::WsClients(1));
+        let _ = self.to_kernel.send(ToKernel::WsClients(1)).await;
         let limits = Limits::DEFAULT;
         loop {
             tokio::select! {
@@ -538,7 +518,7 @@ impl Server {
                             match command::parse_command(t.as_bytes(), &limits, &infos) {
                                 Ok(c) => {
                                     let name = c.name();
-                                    let _ = self.to_kernel.send(ToKernel::Command(c));
+                                    let _ = self.to_kernel.send(ToKernel::Command(c)).await;
                                     format!("{{\"ok\":\"{name}\"}}")
                                 }
                                 Err(e) => format!("{{\"error\":\"{e:?}\"}}"),
@@ -553,7 +533,7 @@ impl Server {
                 },
             }
         }
-        let _ = self.to_kernel.send(ToKernel::WsClients(-1));
+        let _ = self.to_kernel.send(ToKernel::WsClients(-1)).await;
         Ok(())
     }
 }
