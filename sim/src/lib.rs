@@ -4,5 +4,6 @@
 //! See `docs/architecture.md` for the data flow.
 pub mod devices;
 pub mod kernel;
+pub mod live;
 pub mod periph;
 pub mod scenario;

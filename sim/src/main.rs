@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use firmware_core::time::{Duration, Instant};
-use sim::kernel::{Kernel, Pacing};
+use sim::live;
 use sim::scenario::{self, TestCase, duration::parse_duration, report, run};
 
 #[derive(Parser)]
@@ -30,7 +30,7 @@ enum Command {
     Scenario(ScenarioArgs),
 }
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 struct RunArgs {
     /// Virtual seconds per wall second (0.1 … 100).
     #[arg(long, default_value_t = 1.0)]
@@ -41,9 +41,53 @@ struct RunArgs {
     /// Seed for every random choice.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run the devices of this scenario file's first test instead of the built-in demo.
+    /// Which twins to run (repeatable); default: every device twin (the kernel demo when
+    /// there is none).
+    #[arg(long = "twin")]
+    twins: Vec<String>,
+    /// Address every service binds to.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Added to every default port, so several twins can run side by side.
+    #[arg(long, default_value_t = 0)]
+    port_offset: u16,
+    /// Bind every service to a free port (the ready file says which).
     #[arg(long)]
-    scenario: Option<PathBuf>,
+    ephemeral_ports: bool,
+    /// Write the services' addresses here as JSON once all are listening.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Keep device state (EEPROM images) here between runs.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Use this MQTT broker (`mqtt://host:port`) instead of the embedded one.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Pump controller architecture: option1, option2 or option3.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Print core utilisation every virtual second.
+    #[arg(long)]
+    stats: bool,
+}
+
+impl Default for RunArgs {
+    fn default() -> Self {
+        RunArgs {
+            speed: 1.0,
+            duration: None,
+            seed: 0,
+            twins: Vec::new(),
+            bind: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port_offset: 0,
+            ephemeral_ports: false,
+            ready_file: None,
+            state_dir: None,
+            broker: None,
+            arch: None,
+            stats: false,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -71,10 +115,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run(RunArgs {
-        speed: 1.0,
-        ..RunArgs::default()
-    })) {
+    match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Scenario(args) => scenario_command(args),
         Command::Run(args) => match run_command(args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -161,96 +202,47 @@ fn scenario_command(args: ScenarioArgs) -> ExitCode {
     }
 }
 
-const DEMO: &str = r#"
-[[test]]
-name = "live demo"
-duration = "1h"
-[test.devices.demo]
-kind = "demo.cores"
-cores = ["core0", "core1"]
-[[test.devices.demo.task]]
-name = "control"
-core = "core0"
-priority = 9
-period = "10ms"
-cost = "500us"
-[[test.devices.demo.task]]
-name = "network"
-core = "core0"
-priority = 1
-period = "100ms"
-cost = "20ms"
-[[test.devices.demo.task]]
-name = "ui"
-core = "core1"
-priority = 5
-period = "50ms"
-cost = "5ms"
-[[test.expect]]
-state = "kernel.core.demo.core0.busy_us"
-min = 0
-"#;
-
 fn run_command(args: RunArgs) -> anyhow::Result<()> {
-    if !(0.1..=100.0).contains(&args.speed) {
+    if !sim::kernel::pacing::SPEED_RANGE.contains(&args.speed) {
         anyhow::bail!("--speed must be between 0.1 and 100");
     }
-    let case = match &args.scenario {
-        Some(path) => scenario::load_file(path)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("no test in {}", path.display()))?,
-        None => scenario::load_str(std::path::Path::new("<built-in demo>"), DEMO)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("built-in demo has no test"))?,
-    };
     let until = match &args.duration {
-        Some(d) => Instant::ZERO + parse_duration(d).map_err(anyhow::Error::msg)?,
-        None => Instant::MAX,
+        Some(d) => Some(Instant::ZERO + parse_duration(d).map_err(anyhow::Error::msg)?),
+        None => None,
     };
-    let mut kernel = Kernel::new(args.seed);
-    kernel.set_pacing(Pacing::Live { speed: args.speed });
-    let mut devices = Vec::new();
-    for (name, spec) in &case.devices {
-        devices.push(spec.build(name, &mut kernel));
-    }
-    println!(
-        "Twinbench live twin: {} device(s) [{}], speed {}x, seed {}. Ctrl-C stops.",
-        case.devices.len(),
-        case.devices
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        args.speed,
-        args.seed
-    );
-    let mut next_report = Duration::from_secs(1);
-    loop {
-        let t = Instant::ZERO + next_report;
-        let stop = t >= until;
-        kernel.run_until(if stop { until } else { t });
-        let since = Instant::from_micros(kernel.now().as_micros().saturating_sub(1_000_000));
-        let cores: Vec<String> = kernel
-            .core_stats()
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} {:>5.1}%",
-                    c.name,
-                    100.0 * c.utilisation(since, kernel.now())
-                )
-            })
-            .collect();
-        println!(
-            "[{:>10}] {}",
-            Duration::from_micros(kernel.now().as_micros()),
-            cores.join("  ")
-        );
-        if stop {
-            return Ok(());
+    let all = live::twins();
+    let known: Vec<&str> = all.iter().map(|t| t.name()).collect();
+    for t in &args.twins {
+        if !known.contains(&t.as_str()) {
+            anyhow::bail!("no twin `{t}` (twins: {})", known.join(", "));
         }
-        next_report = next_report + Duration::from_secs(1);
     }
+    let device_twins = all.iter().filter(|t| t.name() != "demo").count();
+    let chosen: Vec<_> = all
+        .into_iter()
+        .filter(|t| {
+            if args.twins.is_empty() {
+                (t.name() == "demo") == (device_twins == 0)
+            } else {
+                args.twins.iter().any(|n| n == t.name())
+            }
+        })
+        .collect();
+    let options = live::LiveOptions {
+        bind: args.bind,
+        port_offset: args.port_offset,
+        ephemeral_ports: args.ephemeral_ports,
+        ready_file: args.ready_file,
+        state_dir: args.state_dir,
+        speed: args.speed,
+        seed: args.seed,
+        broker: args.broker,
+        arch: args.arch,
+    };
+    live::run(
+        options,
+        chosen,
+        until,
+        args.stats.then(|| Duration::from_secs(1)),
+    )
 }

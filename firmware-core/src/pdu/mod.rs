@@ -4,15 +4,20 @@
 //! holds the vocabulary every PDU task shares: outlets, request sources and their priority, the
 //! switch request/reply pair, and per-channel telemetry. Each task lives in its own submodule.
 
+pub mod buttons;
 pub mod config;
 pub mod console;
 pub mod eeprom;
 pub mod frontend;
+pub mod health;
 pub mod hlw8032;
 pub mod http;
+pub mod logger;
+pub mod mcp23017;
 pub mod meter;
 pub mod snmp;
 pub mod storage;
+pub mod switch;
 
 use core::fmt;
 

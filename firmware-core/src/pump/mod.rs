@@ -4,11 +4,17 @@
 //! priority; every network task reads it and throttles itself. This module holds the vocabulary
 //! the pump tasks share; each task lives in its own submodule.
 
+pub mod arch;
+pub mod command;
 pub mod dispense;
 pub mod estop;
 pub mod fluidnc;
 pub mod governor;
 pub mod link;
+pub mod outbox;
+pub mod stats;
+pub mod status;
+pub mod ws;
 
 use core::fmt;
 

@@ -78,12 +78,14 @@ pub trait Device {
 }
 
 /// Every device kind, for error messages.
-pub const KINDS: &[&str] = &["demo.cores"];
+pub const KINDS: &[&str] = &["demo.cores", "demo.i2c", "demo.uart"];
 
 /// Parse a device table of kind `kind`.
 pub fn parse_spec(kind: &str, table: &toml::Table) -> Result<Box<dyn DeviceSpec>, String> {
     match kind {
         "demo.cores" => Ok(Box::new(demo::CoresSpec::parse(table)?)),
+        "demo.i2c" => Ok(Box::new(demo::I2cDemoSpec::parse(table)?)),
+        "demo.uart" => Ok(Box::new(demo::UartDemoSpec::parse(table)?)),
         other => Err(format!(
             "unknown device kind `{other}` (known: {})",
             KINDS.join(", ")

@@ -11,9 +11,9 @@
 //!
 //! # Model
 //! * **Time** is virtual. When nothing can run at the current instant, time jumps to the next
-//!   timer or to the moment a busy core becomes free ([`Pacing::Virtual`]), or follows the wall
-//!   clock times a speed factor ([`Pacing::Live`]), which is how the live twin and real network
-//!   clients share one timeline.
+//!   timer or to the moment a busy core becomes free, or, after [`Kernel::go_live`], follows the
+//!   wall clock times a speed factor, which is how the live twin and real network clients share
+//!   one timeline.
 //! * **Tasks** run on a simulated core (firmware tasks) or on no core (the world: simulated
 //!   parts, the scenario timeline; they run instantly and cost nothing).
 //! * **Cores** run the ready task of highest priority (ties: first ready first), preemptively.
@@ -24,6 +24,7 @@
 //!   an RTOS would finish the preempted work.
 //! * **Stats**: per task polls, run time, and wait time (ready but not running because its core
 //!   was busy); per core busy time in 10 ms buckets, for utilisation over any window.
+pub mod pacing;
 pub mod time;
 pub mod trace;
 
@@ -39,6 +40,7 @@ use firmware_core::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use pacing::LiveControl;
 pub use time::{SimClock, Sleep};
 pub use trace::{Event, Trace};
 
@@ -52,18 +54,6 @@ pub struct TaskId(pub usize);
 
 /// Width of a utilisation bucket.
 pub const BUCKET: Duration = Duration::from_millis(10);
-
-/// How the kernel advances time when nothing can run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Pacing {
-    /// Jump straight to the next instant where something happens (tests, CI, `twin scenario`).
-    Virtual,
-    /// Follow the wall clock × `speed` (the live twin). `speed` 0 pauses.
-    Live {
-        /// Virtual seconds per wall second.
-        speed: f64,
-    },
-}
 
 /// Where and how a task runs.
 #[derive(Debug, Clone)]
@@ -242,7 +232,8 @@ pub struct Kernel {
     tasks: Vec<TaskState>,
     ready_seq: u64,
     seed: u64,
-    pacing: Pacing,
+    /// `Some` in live mode: time follows the wall clock.
+    pacer: Option<pacing::Pacer>,
     panics: Vec<String>,
 }
 
@@ -275,8 +266,11 @@ impl<T> Future for JoinHandle<T> {
 pub enum RunEnd {
     /// Virtual time reached the requested instant.
     Reached,
-    /// Nothing can ever run again (no ready task, no timer, no busy core).
+    /// Nothing can ever run again (no ready task, no timer, no busy core). Virtual pacing only:
+    /// a live kernel waits for wakes from other threads instead.
     Idle,
+    /// A [`LiveControl::interrupt`] stopped the run.
+    Interrupted,
 }
 
 impl Kernel {
@@ -300,7 +294,7 @@ impl Kernel {
             tasks: Vec::new(),
             ready_seq: 0,
             seed,
-            pacing: Pacing::Virtual,
+            pacer: None,
             panics: Vec::new(),
         }
     }
@@ -310,9 +304,14 @@ impl Kernel {
         self.seed
     }
 
-    /// Switch how time advances (see [`Pacing`]).
-    pub fn set_pacing(&mut self, pacing: Pacing) {
-        self.pacing = pacing;
+    /// Switch to live pacing at `speed` (virtual seconds per wall second; 0 pauses) and return
+    /// the handle that steers it from any thread. Without this, time jumps from event to event.
+    pub fn go_live(&mut self, speed: f64) -> LiveControl {
+        let control = LiveControl::new(0.0);
+        control.bind_thread(self.injector.thread.clone());
+        control.set_speed(speed);
+        self.pacer = Some(pacing::Pacer::new(control.clone()));
+        control
     }
 
     /// A clock handle for firmware and parts.
@@ -397,6 +396,13 @@ impl Kernel {
     /// Run until virtual time reaches `until` or nothing can run any more.
     pub fn run_until(&mut self, until: Instant) -> RunEnd {
         loop {
+            if self
+                .pacer
+                .as_ref()
+                .is_some_and(|p| p.control().is_interrupted())
+            {
+                return RunEnd::Interrupted;
+            }
             self.collect_ready();
             if let Some(r) = self.world.pop_front() {
                 self.poll(r, None);
@@ -406,14 +412,16 @@ impl Kernel {
                 continue;
             }
             match self.next_instant() {
-                None => return RunEnd::Idle,
-                Some(next) if next > until => {
-                    self.advance_to(until);
-                    return RunEnd::Reached;
-                }
-                Some(next) => {
+                Some(next) if next <= until => {
                     self.advance_to(next);
                     self.fire_timers();
+                }
+                None if self.pacer.is_none() => return RunEnd::Idle,
+                _ => {
+                    self.advance_to(until);
+                    if self.now() >= until {
+                        return RunEnd::Reached;
+                    }
                 }
             }
         }
@@ -566,15 +574,27 @@ impl Kernel {
         }
     }
 
+    /// Move time to `target`; in live mode wait for the wall clock first, and stop short when
+    /// a wake arrives from another thread (time then stands where the wall clock is).
     fn advance_to(&mut self, target: Instant) {
         let now = self.now();
         if target <= now {
             return;
         }
-        if let Pacing::Live { speed } = self.pacing {
-            pace_wall_clock(&self.injector, now, target, speed);
-        }
-        self.shared.now.set(target);
+        let reached = match &mut self.pacer {
+            None => target,
+            Some(pacer) => {
+                let injector = &self.injector;
+                pacer.wait_until(now, target, || {
+                    injector
+                        .queue
+                        .lock()
+                        .map(|q| !q.is_empty())
+                        .unwrap_or(false)
+                })
+            }
+        };
+        self.shared.now.set(reached);
     }
 
     fn fire_timers(&mut self) {
@@ -592,30 +612,6 @@ impl Kernel {
                 None => break,
             }
         }
-    }
-}
-
-/// Wall-clock pacing for live mode: block until `target` is due at `speed`, or a wake arrives.
-///
-/// Live runs are not deterministic by nature (real clients), so this is the one place that reads
-/// the wall clock.
-fn pace_wall_clock(injector: &Injector, now: Instant, target: Instant, speed: f64) {
-    if speed <= 0.0 {
-        return;
-    }
-    let span = (target - now).as_micros() as f64 / speed;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_micros(span as u64);
-    loop {
-        let has_work = injector
-            .queue
-            .lock()
-            .map(|q| !q.is_empty())
-            .unwrap_or(false);
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if has_work || left.is_zero() {
-            return;
-        }
-        std::thread::park_timeout(left);
     }
 }
 

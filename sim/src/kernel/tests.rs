@@ -164,3 +164,30 @@ fn streams_of_one_seed_are_reproducible_and_distinct() {
     assert_ne!(a1, b);
     assert_ne!(a1, c);
 }
+
+#[test]
+fn a_live_kernel_serves_wakes_from_other_threads() {
+    let mut k = Kernel::new(0);
+    let control = k.go_live(100.0);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(4);
+    let got = Rc::new(RefCell::new(Vec::new()));
+    let g = got.clone();
+    k.spawn(TaskSpec::world("rx"), async move {
+        while let Some(v) = rx.recv().await {
+            g.borrow_mut().push(v);
+        }
+    })
+    .detach();
+    let sender = std::thread::spawn(move || {
+        for v in 0..3 {
+            tx.blocking_send(v).expect("kernel side alive");
+        }
+    });
+    // 10 virtual seconds at 100x: ample for the other thread, and no timers at all: a virtual
+    // kernel would stop at once (Idle), a live one waits for the wakes.
+    assert_eq!(k.run_until(Instant::from_millis(10_000)), RunEnd::Reached);
+    sender.join().expect("sender finished");
+    assert_eq!(*got.borrow(), vec![0, 1, 2]);
+    control.interrupt();
+    assert_eq!(k.run_until(Instant::MAX), RunEnd::Interrupted);
+}

@@ -495,8 +495,13 @@ impl LinkState {
 /// Build a link named `name` on `kernel`'s clock, trace and seed (one RNG stream per direction,
 /// `uart:<name>:a->b` and `uart:<name>:b->a`).
 ///
-/// ```ignore
+/// ```
+/// # use sim::kernel::Kernel;
+/// # use sim::periph::uart::{self, UartConfig};
+/// let kernel = Kernel::new(1);
 /// let (link, mcu, meter) = uart::link(&kernel, "pdu.meter", UartConfig::new_8e1(4800))?;
+/// # drop((link, mcu, meter));
+/// # Ok::<(), uart::UartConfigError>(())
 /// ```
 pub fn link(
     kernel: &Kernel,

@@ -418,30 +418,23 @@ fn build_case(
         }
     }
 
-    // Steps: the test's (minus dropped ones) plus the variant's.
-    let mut raw_steps: Vec<&Spanned<toml::Table>> = Vec::new();
-    for s in &t.steps {
-        let label = s.get_ref().get("label").and_then(|v| v.as_str());
-        if let (Some(v), Some(l)) = (variant, label)
-            && v.drop_steps.iter().any(|d| d == l)
+    // Steps: the test's plus the variant's. Dropped steps are left out of the run, but their
+    // labels still mark instants, so the expectations read the same in every variant.
+    let mut raw_steps: Vec<&Spanned<toml::Table>> = t.steps.iter().collect();
+    let dropped: &[String] = variant.map_or(&[], |v| v.drop_steps.as_slice());
+    for d in dropped {
+        if !t
+            .steps
+            .iter()
+            .any(|s| s.get_ref().get("label").and_then(|x| x.as_str()) == Some(d))
         {
-            continue;
+            return Err(err_at(None, format!("drop_steps: no step labelled `{d}`")));
         }
-        raw_steps.push(s);
     }
     if let Some(v) = variant {
-        for d in &v.drop_steps {
-            if !t
-                .steps
-                .iter()
-                .any(|s| s.get_ref().get("label").and_then(|x| x.as_str()) == Some(d))
-            {
-                return Err(err_at(None, format!("drop_steps: no step labelled `{d}`")));
-            }
-        }
         raw_steps.extend(v.steps.iter());
     }
-    let steps = build_steps(source, &raw_steps, &devices, duration, err_at)?;
+    let mut steps = build_steps(source, &raw_steps, &devices, duration, err_at)?;
 
     let mut expects = Vec::new();
     for (i, e) in t.expects.iter().enumerate() {
@@ -449,6 +442,7 @@ fn build_case(
             source, i, e, &devices, &steps, duration, err_at,
         )?);
     }
+    steps.retain(|s| !s.label.as_ref().is_some_and(|l| dropped.contains(l)));
     if expects.is_empty() {
         return Err(err_at(
             None,

@@ -1,5 +1,5 @@
-//! Kernel demonstration devices: small, firmware-like workloads that show the kernel's
-//! scheduling, buses and fault injection in scenarios (`scenarios/kernel/`).
+//! `demo.cores`: periodic timer tasks on simulated cores.
+
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -8,7 +8,7 @@ use firmware_core::time::{Duration, Instant};
 use rand::Rng;
 use serde::Deserialize;
 
-use super::{Device, DeviceSpec, StateValue, from_table, serde_duration};
+use crate::devices::{Device, DeviceSpec, StateValue, from_table, serde_duration};
 use crate::kernel::{Kernel, TaskSpec};
 
 /// `kind = "demo.cores"`: periodic timer tasks pinned to named cores with priorities.

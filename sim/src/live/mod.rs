@@ -1,0 +1,307 @@
+//! Live mode: the twins on the wall clock, with real services on loopback.
+//!
+//! The kernel keeps running on the calling thread, paced by [`Kernel::go_live`]. Sockets live on
+//! a small multi-thread tokio runtime on background threads ([`LiveContext::io`]); they talk to
+//! the simulated devices through thread-safe channels, whose wakes reach the kernel's thread.
+//! Each twin implements [`LiveTwin`]: it builds its device on the kernel, binds its services and
+//! announces their addresses. Once every twin has started, the addresses are printed and written
+//! to the `--ready-file` as one JSON object. Ctrl-C (or `quit` on stdin) stops the kernel and
+//! gives every twin a chance to flush its state ([`LiveHandle::shutdown`]).
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use firmware_core::time::{Duration, Instant};
+
+use crate::kernel::{Kernel, LiveControl, RunEnd};
+
+/// What `twin run` was asked for.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Address every service binds to.
+    pub bind: IpAddr,
+    /// Added to every default port, so several twins can run side by side.
+    pub port_offset: u16,
+    /// Bind every service to port 0 (tests); the ready file tells the real ports.
+    pub ephemeral_ports: bool,
+    /// Where to write the services' addresses once all are listening.
+    pub ready_file: Option<PathBuf>,
+    /// Where devices keep state between runs (EEPROM images).
+    pub state_dir: Option<PathBuf>,
+    /// Virtual seconds per wall second.
+    pub speed: f64,
+    /// Seed for every random choice.
+    pub seed: u64,
+    /// An external MQTT broker (`mqtt://host:port`) instead of the embedded one.
+    pub broker: Option<String>,
+    /// The pump controller's architecture option.
+    pub arch: Option<String>,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_offset: 0,
+            ephemeral_ports: false,
+            ready_file: None,
+            state_dir: None,
+            speed: 1.0,
+            seed: 0,
+            broker: None,
+            arch: None,
+        }
+    }
+}
+
+impl LiveOptions {
+    /// The address a service with `default_port` binds to.
+    pub fn addr(&self, default_port: u16) -> SocketAddr {
+        let port = if self.ephemeral_ports {
+            0
+        } else {
+            default_port.saturating_add(self.port_offset)
+        };
+        SocketAddr::new(self.bind, port)
+    }
+}
+
+/// The services' addresses, by name (`pdu_http`, `pump_mqtt`, …).
+#[derive(Clone, Default)]
+pub struct Services {
+    inner: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Services {
+    /// Record that `name` is listening at `address`.
+    pub fn announce(&self, name: &str, address: impl Into<String>) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.insert(name.to_owned(), address.into());
+        }
+    }
+
+    /// Everything announced so far.
+    pub fn all(&self) -> BTreeMap<String, String> {
+        self.inner.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+}
+
+/// What a twin gets to start its services.
+pub struct LiveContext {
+    /// The options of this run.
+    pub options: LiveOptions,
+    /// The runtime sockets live on.
+    pub io: tokio::runtime::Handle,
+    /// Where to announce addresses.
+    pub services: Services,
+    /// Steers the kernel (speed, pause, stop) from any thread.
+    pub control: LiveControl,
+}
+
+/// A device that can run live.
+pub trait LiveTwin {
+    /// Short name (`pdu`, `pump`, `demo`), as given to `twin run --twin`.
+    fn name(&self) -> &'static str;
+    /// Build the device on `kernel`, bind its services on `ctx.io`, announce their addresses.
+    fn start(&self, kernel: &mut Kernel, ctx: &LiveContext) -> anyhow::Result<Box<dyn LiveHandle>>;
+}
+
+/// A started twin.
+pub trait LiveHandle {
+    /// Flush state (e.g. the EEPROM image) before the process exits.
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every twin `twin run` knows, in start order.
+pub fn twins() -> Vec<Box<dyn LiveTwin>> {
+    vec![Box::new(DemoTwin)]
+}
+
+/// Run `twins` live until `until` (virtual) or Ctrl-C.
+pub fn run(
+    options: LiveOptions,
+    twins: Vec<Box<dyn LiveTwin>>,
+    until: Option<Instant>,
+    report_every: Option<Duration>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("twin-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let mut kernel = Kernel::new(options.seed);
+    let control = kernel.go_live(options.speed);
+    let ctx = LiveContext {
+        options: options.clone(),
+        io: runtime.handle().clone(),
+        services: Services::default(),
+        control: control.clone(),
+    };
+    let mut handles = Vec::new();
+    for twin in &twins {
+        let handle = twin
+            .start(&mut kernel, &ctx)
+            .with_context(|| format!("starting the {} twin", twin.name()))?;
+        handles.push(handle);
+    }
+    let names: Vec<&str> = twins.iter().map(|t| t.name()).collect();
+    println!(
+        "Twinbench live twin [{}]: speed {}x, seed {}. Ctrl-C stops; type `pause`, `resume`, `speed N` or `quit`.",
+        names.join(", "),
+        options.speed,
+        options.seed
+    );
+    let services = ctx.services.all();
+    for (name, addr) in &services {
+        println!("  {name:<16} {addr}");
+    }
+    if let Some(path) = &options.ready_file {
+        let json = serde_json::to_string_pretty(&services).context("ready file")?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    {
+        let control = control.clone();
+        runtime.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                control.interrupt();
+            }
+        });
+    }
+    spawn_stdin_control(control.clone());
+
+    let step = report_every.unwrap_or(Duration::from_secs(1));
+    let until = until.unwrap_or(Instant::MAX);
+    let mut next = Instant::ZERO + step;
+    let end = loop {
+        let end = kernel.run_until(next.min(until));
+        if report_every.is_some() && end == RunEnd::Reached {
+            print_utilisation(&kernel, step);
+        }
+        if end != RunEnd::Reached || kernel.now() >= until {
+            break end;
+        }
+        next += step;
+    };
+    for h in &mut handles {
+        h.shutdown()?;
+    }
+    println!(
+        "stopped at {} ({})",
+        Duration::from_micros(kernel.now().as_micros()),
+        match end {
+            RunEnd::Interrupted => "interrupted",
+            _ => "end of run",
+        }
+    );
+    runtime.shutdown_background();
+    Ok(())
+}
+
+fn print_utilisation(kernel: &Kernel, window: Duration) {
+    let now = kernel.now();
+    let since = Instant::from_micros(now.as_micros().saturating_sub(window.as_micros()));
+    let cores: Vec<String> = kernel
+        .core_stats()
+        .iter()
+        .map(|c| format!("{} {:>5.1}%", c.name, 100.0 * c.utilisation(since, now)))
+        .collect();
+    println!(
+        "[{:>12}] {}",
+        Duration::from_micros(now.as_micros()),
+        cores.join("  ")
+    );
+}
+
+/// `pause`, `resume`, `speed N`, `quit` on stdin steer the run.
+fn spawn_stdin_control(control: LiveControl) {
+    let spawned = std::thread::Builder::new()
+        .name("twin-stdin".into())
+        .spawn(move || {
+            let mut speed = control.speed();
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { return };
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["pause"] => control.set_speed(0.0),
+                    ["resume"] => control.set_speed(speed),
+                    ["speed", n] => match n.parse::<f64>() {
+                        Ok(v) if crate::kernel::pacing::SPEED_RANGE.contains(&v) => {
+                            speed = v;
+                            control.set_speed(v);
+                        }
+                        _ => eprintln!("speed must be a number from 0.1 to 100"),
+                    },
+                    ["quit"] => {
+                        control.interrupt();
+                        return;
+                    }
+                    [] => {}
+                    _ => eprintln!("commands: pause, resume, speed N, quit"),
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("no stdin control: {e}");
+    }
+}
+
+/// The kernel demonstration (`demo.cores`): two cores, a control loop, a network burst and a UI.
+struct DemoTwin;
+
+const DEMO: &str = r#"
+[[test]]
+name = "live demo"
+duration = "1h"
+[test.devices.demo]
+kind = "demo.cores"
+cores = ["core0", "core1"]
+[[test.devices.demo.task]]
+name = "control"
+core = "core0"
+priority = 9
+period = "10ms"
+cost = "500us"
+[[test.devices.demo.task]]
+name = "network"
+core = "core0"
+priority = 1
+period = "100ms"
+cost = "20ms"
+[[test.devices.demo.task]]
+name = "ui"
+core = "core1"
+priority = 5
+period = "50ms"
+cost = "5ms"
+[[test.expect]]
+state = "kernel.core.demo.core0.busy_us"
+min = 0
+"#;
+
+impl LiveTwin for DemoTwin {
+    fn name(&self) -> &'static str {
+        "demo"
+    }
+    fn start(
+        &self,
+        kernel: &mut Kernel,
+        _ctx: &LiveContext,
+    ) -> anyhow::Result<Box<dyn LiveHandle>> {
+        let cases = crate::scenario::load_str(std::path::Path::new("<built-in demo>"), DEMO)?;
+        let case = cases.first().context("the built-in demo has no test")?;
+        for (name, spec) in &case.devices {
+            // The device's tasks keep what they need; the handle itself is not needed live.
+            drop(spec.build(name, kernel));
+        }
+        Ok(Box::new(NoState))
+    }
+}
+
+struct NoState;
+impl LiveHandle for NoState {}
