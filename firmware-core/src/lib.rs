@@ -6,6 +6,7 @@
 #[macro_use]
 mod fmt;
 
+pub mod basic_auth;
 pub mod pdu;
 pub mod ports;
 pub mod pump;

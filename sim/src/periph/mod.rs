@@ -5,5 +5,11 @@
 //! (routing by 7-bit address to simulated parts, bit timing at the bus speed, NACK and stuck-bus
 //! injection). Both run on the kernel's virtual clock and expose the ecosystem traits
 //! (`embedded_io_async`, `embedded_hal_async::i2c::I2c`), so firmware drivers use them unchanged.
+//!
+//! The pump controller's parts: the [`fluidnc`] motion board (Grbl protocol, motion, fluid model,
+//! faults) on a UART, and the [`wifi`] link between the ESP32 and the network (latency, jitter,
+//! loss with TX power, bandwidth, disconnects, the driver's CPU cost).
+pub mod fluidnc;
 pub mod i2c;
 pub mod uart;
+pub mod wifi;

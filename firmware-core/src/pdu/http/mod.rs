@@ -472,7 +472,7 @@ impl HttpServer {
         }
         if head.method == Method::Post
             && http.auth_enabled
-            && !request::basic_auth_matches(head.authorization, &http.user, &http.password)
+            && !crate::basic_auth::matches(head.authorization, &http.user, &http.password)
         {
             return Framed::Refused(Refusal::new(
                 Status::Unauthorized,

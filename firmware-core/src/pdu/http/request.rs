@@ -1,9 +1,8 @@
-//! Request decoding: the head (via `httparse`), HTTP Basic credentials and form bodies.
+//! Request decoding: the head (via `httparse`) and form bodies. Basic credentials are checked by
+//! [`crate::basic_auth`].
 //!
-//! `httparse` does the request line and headers. Two small things are hand-written because
-//! they are a few lines each and a crate would add a dependency to a `no_std` board build for
-//! nothing: the base64 decoder for `Authorization: Basic` (RFC 4648 standard alphabet, padding
-//! optional) and the `application/x-www-form-urlencoded` decoder (`+` → space, `%XX`).
+//! `httparse` does the request line and headers. The `application/x-www-form-urlencoded` decoder
+//! (`+` → space, `%XX`) is hand-written: a few lines, where a crate would bring allocation.
 //! Every function here takes untrusted bytes and answers with an error value, never a panic.
 use core::fmt;
 
@@ -156,95 +155,6 @@ fn parse_decimal(bytes: &[u8]) -> Option<usize> {
     text.parse().ok()
 }
 
-/// Longest decoded `user:password` accepted (16 + 1 + 32 for the configured maxima, plus slack).
-const MAX_CREDENTIALS: usize = 64;
-
-/// Whether an `Authorization` header value carries Basic credentials equal to `user`/`password`.
-/// Missing, malformed or over-long credentials are simply "not authorised".
-pub fn basic_auth_matches(header: Option<&[u8]>, user: &str, password: &str) -> bool {
-    let Some(value) = header else {
-        return false;
-    };
-    let Ok(value) = core::str::from_utf8(value) else {
-        return false;
-    };
-    let value = value.trim();
-    let Some((scheme, token)) = value.split_once(' ') else {
-        return false;
-    };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return false;
-    }
-    let mut buf = [0u8; MAX_CREDENTIALS];
-    let Some(n) = base64_decode(token.trim().as_bytes(), &mut buf) else {
-        return false;
-    };
-    let Some(decoded) = buf.get(..n) else {
-        return false;
-    };
-    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
-        return false;
-    };
-    let (u, p) = decoded.split_at(colon);
-    let p = p.get(1..).unwrap_or(&[]);
-    // Both compared in full so the time taken does not say which part was wrong.
-    let user_ok = ct_eq(u, user.as_bytes());
-    let pass_ok = ct_eq(p, password.as_bytes());
-    user_ok & pass_ok
-}
-
-/// Equality whose time depends only on the lengths, not on where the first difference is.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Decodes standard base64 (RFC 4648 §4) into `out`; padding optional. `None` for a character
-/// outside the alphabet, misplaced padding, an impossible length or an output that does not fit.
-pub fn base64_decode(input: &[u8], out: &mut [u8]) -> Option<usize> {
-    fn value(c: u8) -> Option<u32> {
-        match c {
-            b'A'..=b'Z' => Some(u32::from(c - b'A')),
-            b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-            b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-            b'+' => Some(62),
-            b'/' => Some(63),
-            _ => None,
-        }
-    }
-    let data = match input.iter().position(|&c| c == b'=') {
-        Some(pad_at) => {
-            let (data, pad) = input.split_at(pad_at);
-            if pad.len() > 2 || !pad.iter().all(|&c| c == b'=') || !input.len().is_multiple_of(4) {
-                return None;
-            }
-            data
-        }
-        None => input,
-    };
-    if data.len() % 4 == 1 {
-        return None;
-    }
-    let mut n = 0usize;
-    for chunk in data.chunks(4) {
-        let mut acc = 0u32;
-        for &c in chunk {
-            acc = (acc << 6) | value(c)?;
-        }
-        // 2, 3 or 4 symbols carry 1, 2 or 3 bytes; left-align the bits of a short chunk.
-        let bytes = chunk.len() - 1;
-        acc <<= 6 * (4 - chunk.len() as u32);
-        let triple = acc.to_be_bytes();
-        for &b in triple.get(1..=bytes)? {
-            *out.get_mut(n)? = b;
-            n += 1;
-        }
-    }
-    Some(n)
-}
-
 /// Why a form body was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -389,54 +299,6 @@ mod tests {
     }
 
     #[test]
-    fn base64_decodes_padded_and_unpadded() {
-        let mut out = [0u8; 32];
-        let n = base64_decode(b"YWRtaW46ZW5lcmdpcw==", &mut out).unwrap();
-        assert_eq!(&out[..n], b"admin:energis");
-        let n = base64_decode(b"YWRtaW46ZW5lcmdpcw", &mut out).unwrap();
-        assert_eq!(&out[..n], b"admin:energis");
-        let n = base64_decode(b"", &mut out).unwrap();
-        assert_eq!(n, 0);
-    }
-
-    #[test]
-    fn base64_rejects_bad_input() {
-        let mut out = [0u8; 4];
-        for bad in [
-            &b"Y"[..],
-            b"YW=u",
-            b"Y===",
-            b"YW*u",
-            b"YWRtaW46ZW5lcmdpcw==",
-        ] {
-            assert_eq!(base64_decode(bad, &mut out), None, "{:?}", bad);
-        }
-    }
-
-    #[test]
-    fn basic_auth_checks_user_and_password() {
-        // admin:energis
-        let good = Some(&b"Basic YWRtaW46ZW5lcmdpcw=="[..]);
-        assert!(basic_auth_matches(good, "admin", "energis"));
-        assert!(basic_auth_matches(
-            Some(b"basic  YWRtaW46ZW5lcmdpcw=="),
-            "admin",
-            "energis"
-        ));
-        assert!(!basic_auth_matches(good, "admin", "other"));
-        assert!(!basic_auth_matches(good, "root", "energis"));
-        assert!(!basic_auth_matches(None, "admin", "energis"));
-        assert!(!basic_auth_matches(
-            Some(b"Bearer YWRtaW46ZW5lcmdpcw=="),
-            "admin",
-            "energis"
-        ));
-        assert!(!basic_auth_matches(Some(b"Basic !!!"), "admin", "energis"));
-        // "admin" without a colon
-        assert!(!basic_auth_matches(Some(b"Basic YWRtaW4="), "admin", ""));
-    }
-
-    #[test]
     fn form_decoding_handles_plus_and_escapes() {
         let s: heapless::String<32> = form_decode(b"Rack+A%2F1%C3%A4").unwrap();
         assert_eq!(s.as_str(), "Rack A/1ä");
@@ -475,39 +337,12 @@ mod tests {
         }
 
         #[test]
-        fn base64_and_form_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let mut out = [0u8; 64];
-            let _ = base64_decode(&bytes, &mut out);
+        fn form_decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = form_decode::<64>(&bytes);
-            let _ = basic_auth_matches(Some(&bytes), "admin", "energis");
             for (k, v) in form_pairs(&bytes) {
                 let _ = form_decode::<32>(k);
                 let _ = form_decode::<32>(v);
             }
-        }
-
-        #[test]
-        fn base64_round_trips_credentials(user in "[a-z]{0,16}", pass in "[ -~]{0,32}") {
-            // encode by hand (test-only) and check the matcher accepts it
-            const ALPHA: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            let mut plain = heapless::Vec::<u8, 64>::new();
-            plain.extend_from_slice(user.as_bytes()).unwrap();
-            plain.push(b':').unwrap();
-            plain.extend_from_slice(pass.as_bytes()).unwrap();
-            let mut enc = heapless::Vec::<u8, 128>::new();
-            enc.extend_from_slice(b"Basic ").unwrap();
-            for chunk in plain.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-                for i in 0..4 {
-                    if i <= chunk.len() {
-                        enc.push(ALPHA[((n >> (18 - 6 * i)) & 63) as usize]).unwrap();
-                    } else {
-                        enc.push(b'=').unwrap();
-                    }
-                }
-            }
-            prop_assert!(basic_auth_matches(Some(&enc), &user, &pass));
         }
     }
 }
