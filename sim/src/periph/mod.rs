@@ -6,10 +6,18 @@
 //! injection). Both run on the kernel's virtual clock and expose the ecosystem traits
 //! (`embedded_io_async`, `embedded_hal_async::i2c::I2c`), so firmware drivers use them unchanged.
 //!
+//! The ENERGIS PDU's parts follow their datasheets: the [`mcp23017`] expanders, the [`eeprom`]
+//! (CAT24C256), the [`hlw8032`] power meters behind their mux, and the [`panel`] (buttons,
+//! relays, LEDs) that makes expander pins observable.
+//!
 //! The pump controller's parts: the [`fluidnc`] motion board (Grbl protocol, motion, fluid model,
 //! faults) on a UART, and the [`wifi`] link between the ESP32 and the network (latency, jitter,
 //! loss with TX power, bandwidth, disconnects, the driver's CPU cost).
+pub mod eeprom;
 pub mod fluidnc;
+pub mod hlw8032;
 pub mod i2c;
+pub mod mcp23017;
+pub mod panel;
 pub mod uart;
 pub mod wifi;
