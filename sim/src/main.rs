@@ -3,6 +3,7 @@
 //! * `twin run` (the default): the live twin, paced to the wall clock.
 //! * `twin scenario <PATH>...`: run scenario files deterministically; exit 0 when all pass,
 //!   1 when an expectation fails, 2 on invalid input.
+//! * `twin console pdu --ready-file F`: a running twin's console on stdin/stdout.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,6 +29,20 @@ enum Command {
     Run(RunArgs),
     /// Run scenario files or folders in virtual time.
     Scenario(ScenarioArgs),
+    /// Talk to a running twin's console on stdin/stdout (`twin console pdu --ready-file F`).
+    Console(ConsoleArgs),
+}
+
+#[derive(clap::Args)]
+struct ConsoleArgs {
+    /// The twin whose console to attach (`pdu`).
+    twin: String,
+    /// The ready file the running twin wrote (`twin run --ready-file`).
+    #[arg(long, conflicts_with = "path")]
+    ready_file: Option<PathBuf>,
+    /// The console's pseudo-terminal, as printed by `twin run`.
+    #[arg(long)]
+    path: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -107,16 +122,29 @@ struct ScenarioArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Scenario runs record what the firmware logs in their trace already; printing it too would
+    // bury the report. `RUST_LOG` still overrides.
+    let default_filter = match cli.command {
+        Some(Command::Scenario(_)) => "off",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Scenario(args) => scenario_command(args),
+        Command::Console(args) => match console_command(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Run(args) => match run_command(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -200,6 +228,19 @@ fn scenario_command(args: ScenarioArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn console_command(args: ConsoleArgs) -> anyhow::Result<()> {
+    use sim::devices::pdu::live::{attach_console, console_from_ready_file};
+    if args.twin != "pdu" {
+        anyhow::bail!("no console for twin `{}` (consoles: pdu)", args.twin);
+    }
+    let path = match (args.path, args.ready_file) {
+        (Some(p), _) => p,
+        (None, Some(ready)) => console_from_ready_file(&ready)?,
+        (None, None) => anyhow::bail!("give --ready-file FILE or --path /dev/pts/N"),
+    };
+    attach_console(&path)
 }
 
 fn run_command(args: RunArgs) -> anyhow::Result<()> {

@@ -154,6 +154,18 @@ struct ChannelState {
 }
 
 impl ChannelState {
+    /// The outlet was switched off: an open contact carries no current, so readings taken while
+    /// it was on must not linger in the average (over-current protection sums these currents,
+    /// and the mux visits each outlet only about once a second).
+    fn forget_load(&mut self) {
+        let samples = self.samples.iter_mut().map(|(_, r)| r);
+        for r in samples.chain(self.last_sample.as_mut().map(|(_, r)| r)) {
+            r.current_a = 0.0;
+            r.power_w = 0.0;
+            r.power_factor = 0.0;
+        }
+    }
+
     fn average(&self, now: Instant, window: Duration) -> Option<Reading> {
         let mut sum = Reading::default();
         let mut n = 0u32;
@@ -223,7 +235,10 @@ impl MeterCore {
             let ch = &mut self.channels[outlet.index()];
             match (on.contains(outlet), ch.on_since) {
                 (true, None) => ch.on_since = Some(now),
-                (false, Some(_)) => ch.on_since = None,
+                (false, Some(_)) => {
+                    ch.on_since = None;
+                    ch.forget_load();
+                }
                 _ => {}
             }
         }
@@ -885,6 +900,21 @@ mod tests {
         let _ = turn(&mut m, ch(1), ms(at + 10_000), &f);
         assert_close(m.telemetry(ms(at + 10_100))[0].energy_wh, 1.0);
         assert_eq!(m.stats().energy_gaps, 1);
+    }
+
+    #[test]
+    fn switching_an_outlet_off_drops_its_load_from_the_average_at_once() {
+        let mut m = meter();
+        m.handle_outlets(OutletMask(0b11), ms(0));
+        let _ = turn(&mut m, ch(1), ms(100), &frame(230.0, 5.0, 1_150.0));
+        let _ = turn(&mut m, ch(2), ms(200), &frame(230.0, 4.0, 920.0));
+        assert_close(total_current(&m.telemetry(ms(300))), 9.0);
+        // Outlet 2 opens; the meter has not been back to it, but its 4 A are gone.
+        m.handle_outlets(OutletMask(0b01), ms(400));
+        let t = m.telemetry(ms(500));
+        assert_close(total_current(&t), 5.0);
+        assert_close(t[1].power_w, 0.0);
+        assert_close(t[1].voltage_v, 230.0);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! demonstrations. A device kind is a [`DeviceSpec`] parsed from its scenario table, checked
 //! before anything runs, then built into a running [`Device`] on a kernel.
 pub mod demo;
+pub mod pdu;
 
 use std::fmt;
 
@@ -78,7 +79,7 @@ pub trait Device {
 }
 
 /// Every device kind, for error messages.
-pub const KINDS: &[&str] = &["demo.cores", "demo.i2c", "demo.uart"];
+pub const KINDS: &[&str] = &["demo.cores", "demo.i2c", "demo.uart", "pdu"];
 
 /// Parse a device table of kind `kind`.
 pub fn parse_spec(kind: &str, table: &toml::Table) -> Result<Box<dyn DeviceSpec>, String> {
@@ -86,6 +87,7 @@ pub fn parse_spec(kind: &str, table: &toml::Table) -> Result<Box<dyn DeviceSpec>
         "demo.cores" => Ok(Box::new(demo::CoresSpec::parse(table)?)),
         "demo.i2c" => Ok(Box::new(demo::I2cDemoSpec::parse(table)?)),
         "demo.uart" => Ok(Box::new(demo::UartDemoSpec::parse(table)?)),
+        "pdu" => Ok(Box::new(pdu::PduSpec::parse(table)?)),
         other => Err(format!(
             "unknown device kind `{other}` (known: {})",
             KINDS.join(", ")

@@ -119,7 +119,10 @@ pub trait LiveHandle {
 
 /// Every twin `twin run` knows, in start order.
 pub fn twins() -> Vec<Box<dyn LiveTwin>> {
-    vec![Box::new(DemoTwin)]
+    vec![
+        Box::new(DemoTwin),
+        Box::new(crate::devices::pdu::live::PduTwin),
+    ]
 }
 
 /// Run `twins` live until `until` (virtual) or Ctrl-C.
