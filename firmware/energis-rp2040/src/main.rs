@@ -107,9 +107,24 @@ async fn storage_task(mut task: Storer) -> ! {
     task.run().await
 }
 
+/// MeterTask does not follow the relays or beat by itself: like the simulator's assembly, feed
+/// it SwitchTask's published relay state after each step (uptime, and a load switched off leaves
+/// the over-current sum at once) and beat for HealthTask.
 #[embassy_executor::task]
 async fn meter_task(mut task: Meter) -> ! {
-    task.run().await
+    let mut relays = None;
+    loop {
+        task.step().await;
+        let now = EmbassyClock.now();
+        HEARTBEATS.beat(TaskId::METER, now);
+        let latest = SWITCH_STATE.try_get().map(|s| s.relays);
+        if latest != relays {
+            relays = latest;
+            if let Some(on) = latest {
+                task.core_mut().handle_outlets(on, now);
+            }
+        }
+    }
 }
 
 #[embassy_executor::task]
@@ -207,6 +222,7 @@ async fn main(spawner: Spawner) {
     let mut monitor = HealthCore::new(&config.health, clock.now());
     monitor.watch(TaskId::SWITCH, None);
     monitor.watch(TaskId::BUTTON, None);
+    monitor.watch(TaskId::METER, None);
     let watchdog = Health::start(Watchdog::new(p.WATCHDOG), config.health.watchdog_ms);
     let health = HealthTask::new(
         monitor,
