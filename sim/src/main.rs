@@ -4,6 +4,7 @@
 //! * `twin scenario <PATH>...`: run scenario files deterministically; exit 0 when all pass,
 //!   1 when an expectation fails, 2 on invalid input.
 //! * `twin console pdu --ready-file F`: a running twin's console on stdin/stdout.
+//! * `twin compare --seeds N`: the pump controller's architecture options side by side.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,6 +32,8 @@ enum Command {
     Scenario(ScenarioArgs),
     /// Talk to a running twin's console on stdin/stdout (`twin console pdu --ready-file F`).
     Console(ConsoleArgs),
+    /// Compare the pump controller's architecture options across seeds.
+    Compare(sim::devices::pump::compare::CompareArgs),
 }
 
 #[derive(clap::Args)]
@@ -138,6 +141,16 @@ fn main() -> ExitCode {
         .init();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Scenario(args) => scenario_command(args),
+        Command::Compare(args) => match sim::devices::pump::compare::command(&args) {
+            Ok(table) => {
+                println!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Console(args) => match console_command(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

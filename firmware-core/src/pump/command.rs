@@ -40,8 +40,9 @@ pub const BODY_MAX: usize = 512;
 pub const REPLY_MAX: usize = 1024;
 /// Deepest JSON nesting accepted.
 pub const JSON_DEPTH_MAX: usize = 4;
-/// Headers parsed per request; more is a 400.
-pub const HEADERS_MAX: usize = 16;
+/// Headers parsed per request; more is a 400. A browser's `fetch` sends about twenty (the
+/// `sec-ch-ua*` and `sec-fetch-*` families alone are seven), so 16 was too few.
+pub const HEADERS_MAX: usize = 32;
 
 /// A recipe name.
 pub type RecipeName = heapless::String<RECIPE_NAME_MAX>;
@@ -756,6 +757,19 @@ mod tests {
             post("/api/stop", true, ""),
             HttpOutcome::Execute(Command::Stop, _)
         ));
+    }
+
+    #[test]
+    fn a_browser_sized_request_is_served() {
+        // What Chromium's fetch() sent for the UI's Start button, header for header.
+        let req = "POST /api/stop HTTP/1.1\r\nHost: 127.0.0.1:8081\r\nConnection: keep-alive\r\n\
+            Content-Length: 0\r\nsec-ch-ua-platform: \"Linux\"\r\nAuthorization: Basic YWRtaW46cHVtcGN0bA==\r\n\
+            User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0\r\nsec-ch-ua: \"Chromium\";v=\"156\"\r\n\
+            Content-Type: application/json\r\nsec-ch-ua-mobile: ?0\r\nAccept: */*\r\n\
+            Origin: http://127.0.0.1:8081\r\nSec-Fetch-Site: same-origin\r\nSec-Fetch-Mode: cors\r\n\
+            Sec-Fetch-Dest: empty\r\nReferer: http://127.0.0.1:8081/\r\n\
+            Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n\r\n";
+        assert!(matches!(http(req), HttpOutcome::Execute(Command::Stop, _)));
     }
 
     #[test]

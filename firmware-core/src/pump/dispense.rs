@@ -1348,7 +1348,6 @@ where
         let mut buf = [0u8; 64];
         loop {
             self.flush().await;
-            self.publish();
             let deadline = self.core.poll_timeout().unwrap_or(Instant::MAX);
             let input = select4(
                 self.channels.estop.wait(),
@@ -1393,6 +1392,10 @@ where
             }
             wrote = true;
         }
+        // Hand the events over before waiting for the wire: an E-stop's alarm must be queued
+        // before anything else can react to the governor's change (its `!` is already written),
+        // or the status publisher's EMERGENCY status would reach the broker first.
+        self.publish();
         if wrote && self.tx.flush().await.is_err() {
             warn!("motion: uart flush failed");
         }

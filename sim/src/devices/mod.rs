@@ -3,6 +3,7 @@
 //! before anything runs, then built into a running [`Device`] on a kernel.
 pub mod demo;
 pub mod pdu;
+pub mod pump;
 
 use std::fmt;
 
@@ -79,7 +80,7 @@ pub trait Device {
 }
 
 /// Every device kind, for error messages.
-pub const KINDS: &[&str] = &["demo.cores", "demo.i2c", "demo.uart", "pdu"];
+pub const KINDS: &[&str] = &["demo.cores", "demo.i2c", "demo.uart", "pdu", "pump"];
 
 /// Parse a device table of kind `kind`.
 pub fn parse_spec(kind: &str, table: &toml::Table) -> Result<Box<dyn DeviceSpec>, String> {
@@ -88,6 +89,7 @@ pub fn parse_spec(kind: &str, table: &toml::Table) -> Result<Box<dyn DeviceSpec>
         "demo.i2c" => Ok(Box::new(demo::I2cDemoSpec::parse(table)?)),
         "demo.uart" => Ok(Box::new(demo::UartDemoSpec::parse(table)?)),
         "pdu" => Ok(Box::new(pdu::PduSpec::parse(table)?)),
+        "pump" => Ok(Box::new(pump::PumpSpec::parse(table)?)),
         other => Err(format!(
             "unknown device kind `{other}` (known: {})",
             KINDS.join(", ")

@@ -122,6 +122,7 @@ pub fn twins() -> Vec<Box<dyn LiveTwin>> {
     vec![
         Box::new(DemoTwin),
         Box::new(crate::devices::pdu::live::PduTwin),
+        Box::new(crate::devices::pump::live::PumpTwin),
     ]
 }
 
