@@ -3,7 +3,7 @@
 //! It installs what it needs itself (rustup targets and components; the Debian packages of the
 //! tools the live tests use, when run as root), then runs formatting,
 //! clippy, every test (which include each scenario file), the scenario suite through the `twin`
-//! CLI with JSON and JUnit reports, and the firmware-core cross builds. Steps stop at the first
+//! CLI with JSON and JUnit reports, the firmware-core cross builds and the two board firmwares. Steps stop at the first
 //! failure and the exit code says so.
 use std::process::Command;
 use std::time::Instant;
@@ -34,6 +34,9 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
+
+/// Board crates under `firmware/`, built in release as they would be flashed.
+const BOARDS: &[&str] = &["energis-rp2040", "pump-esp32c6"];
 
 /// Programs the live tests drive the twin with, and the Debian package of each.
 const TOOLS: &[(&str, &str)] = &[
@@ -89,6 +92,29 @@ fn ci() -> Result<()> {
             &format!("firmware-core for {target}"),
             "cargo",
             &["build", "-p", "firmware-core", "--target", target],
+        )?;
+    }
+    // The `defmt` log backend (boards with a probe) must keep compiling too.
+    step(
+        "firmware-core with defmt",
+        "cargo",
+        &[
+            "check",
+            "-p",
+            "firmware-core",
+            "--features",
+            "defmt",
+            "--target",
+            "thumbv6m-none-eabi",
+        ],
+    )?;
+    // The board crates are workspaces of their own, each with its target in .cargo/config.toml.
+    for board in BOARDS {
+        step_in(
+            &format!("board firmware {board}"),
+            &std::path::Path::new("firmware").join(board),
+            "cargo",
+            &["build", "--release"],
         )?;
     }
     println!(
@@ -163,15 +189,35 @@ fn on_path(bin: &str) -> bool {
 }
 
 fn step(name: &str, program: &str, args: &[&str]) -> Result<()> {
-    step_env(name, program, args, &[])
+    run_step(name, None, program, args, &[])
+}
+
+fn step_in(name: &str, dir: &std::path::Path, program: &str, args: &[&str]) -> Result<()> {
+    run_step(name, Some(dir), program, args, &[])
 }
 
 fn step_env(name: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
-    println!("==> {name}: {program} {}", args.join(" "));
+    run_step(name, None, program, args, env)
+}
+
+fn run_step(
+    name: &str,
+    dir: Option<&std::path::Path>,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<()> {
+    let place = dir
+        .map(|d| format!("(in {}) ", d.display()))
+        .unwrap_or_default();
+    println!("==> {name}: {place}{program} {}", args.join(" "));
     let t = Instant::now();
-    let status = Command::new(program)
-        .args(args)
-        .envs(env.iter().copied())
+    let mut command = Command::new(program);
+    command.args(args).envs(env.iter().copied());
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let status = command
         .status()
         .with_context(|| format!("starting {program}"))?;
     println!("<== {name}: {:.1} s", t.elapsed().as_secs_f64());

@@ -77,6 +77,7 @@ pub type Line = heapless::String<LINE_MAX>;
 
 /// Why an input line was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum LineError {
     /// Longer than the editor's capacity.
@@ -1029,7 +1030,8 @@ impl Console {
                 });
             }
         };
-        debug!("console: {:?}", cmd);
+        // The keyword only: arguments can be secrets (`SET_HTTP_AUTH`, `SET_COMMUNITY`).
+        debug!("console: {}", line.split_whitespace().next().unwrap_or(""));
         let mut intent = |i: Intent| {
             let _ = intents.push(i);
         };
