@@ -34,7 +34,7 @@ use firmware_core::pump::dispense::{
     MotionChannels, MotionCommand, MotionConfig, MotionSnapshot, MotionTask, PumpMotion, Recipe,
     RecipeStep,
 };
-use firmware_core::pump::estop::{EstopButton, EstopTrigger};
+use firmware_core::pump::estop::{EstopButton, EstopTrigger, LedPattern};
 use firmware_core::pump::governor::Reason;
 use firmware_core::pump::link::LinkSource;
 use firmware_core::pump::link::{
@@ -192,7 +192,7 @@ const STATES: &str = "priority, pump.<X|Y|Z|A>.active, pump.<X>.dispensed_ml, qu
     queue.drops, queue.high_water, uart.last_tx, uart.lines, mqtt.delivered, mqtt.lost, \
     mqtt.connected, mqtt.first_after_estop, mqtt.retained_status, ws.frames, fluidnc.state, \
     resume.dispensed_ml, events.lost, commands.bad, commands.refused, control.missed, \
-    control.max_late_us";
+    control.max_late_us, led";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -482,6 +482,7 @@ impl DeviceSpec for PumpSpec {
             | "commands.refused"
             | "control.missed"
             | "control.max_late_us"
+            | "led"
             | "link.retransmitted" => Ok(()),
             other => Err(format!("pump has no state `{other}` (states: {STATES})")),
         }
@@ -578,6 +579,8 @@ pub struct PumpDevice {
     button: Rc<Cell<bool>>,
     estop_input: EstopInput,
     control: Rc<ControlStats>,
+    /// The status LED's pattern, as the firmware drives it.
+    led: Rc<Cell<LedPattern>>,
 }
 
 #[derive(Default)]
@@ -924,9 +927,11 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
     net_task("bridge", 6, bridge);
     // The UI lag runs from a pump-side change the operator must see (a pump starting or
     // stopping, dispensing, emergency, alarm; not the running totals), measured by a free
-    // observer, not firmware.
+    // observer, not firmware. The same observer watches the status LED the firmware drives.
+    let led = Rc::new(Cell::new(LedPattern::default()));
     {
-        let (f, n) = (fw.clone(), net.clone());
+        let (f, n, l) = (fw.clone(), net.clone(), led.clone());
+        let (tracer, source) = (kernel.tracer(), format!("{name}.led"));
         kernel
             .spawn(TaskSpec::world(format!("{name}.ui_lag")), async move {
                 let fw = f;
@@ -944,6 +949,10 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
                 let mut last = None;
                 loop {
                     let s = rx.changed().await;
+                    if s.led != l.get() {
+                        l.set(s.led);
+                        tracer.record(&source, format!("led {:?}", s.led));
+                    }
                     if last != Some(key(&s)) {
                         last = Some(key(&s));
                         n.snapshot_changed();
@@ -971,6 +980,7 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
         button,
         estop_input: spec.estop_input,
         control,
+        led,
     }
 }
 
@@ -1121,6 +1131,7 @@ impl Device for PumpDevice {
             "commands.refused" => int(self.net.counters.commands_refused.get()),
             "control.missed" => int(self.control.missed.get()),
             "control.max_late_us" => int(self.control.max_late.get().as_micros()),
+            "led" => Some(StateValue::Text(format!("{:?}", self.led.get()))),
             _ => None,
         }
     }
