@@ -165,11 +165,7 @@ async fn main(spawner: Spawner) {
     let eeprom = Cat24c256::new(I2cDevice::new(i2c1), Delay, DEFAULT_ADDRESS);
     let mut storage = Storage::new(eeprom);
     let config = storage.load().await.config;
-    let mut switch = SwitchCore::new(config.switch.clone(), &config.ocp);
-    switch.boot(&config.switch, &config.ocp, clock.now());
-    if config.switch.restore_on_boot {
-        switch.restore(config.switch.last_state, clock.now());
-    }
+    let (switch, _) = SwitchCore::boot_from(&config, clock.now());
 
     let links = SwitchLinks {
         requests: &SWITCH_REQUESTS,

@@ -76,7 +76,7 @@ pub use runner::{
 
 use heapless::{Deque, Vec};
 
-use super::config::{OcpConfig, SwitchPolicy};
+use super::config::{OcpConfig, PduConfig, SwitchPolicy};
 use super::frontend::{OcpState, OcpStatus, SwitchState};
 use super::mcp23017::Port;
 use super::{
@@ -436,6 +436,20 @@ impl SwitchCore {
             d.ready_at = now;
         }
         info!("switch: READY, safe mask {}", start.0);
+    }
+
+    /// The boot sequence for a loaded configuration, as every platform runs it: a core in
+    /// `READY` with `SAFE_MASK` applied ([`boot`](Self::boot)), then the saved outlets restored
+    /// when `restore_on_boot` is set ([`restore`](Self::restore)). Returns the core and, when
+    /// restoring, how many restore requests were queued.
+    pub fn boot_from(config: &PduConfig, now: Instant) -> (SwitchCore, Option<usize>) {
+        let mut core = SwitchCore::new(config.switch.clone(), &config.ocp);
+        core.boot(&config.switch, &config.ocp, now);
+        let restored = config
+            .switch
+            .restore_on_boot
+            .then(|| core.restore(config.switch.last_state, now));
+        (core, restored)
     }
 
     /// Bring back `mask` after boot (`restore_on_boot`): outlets not in it go off, outlets in it

@@ -676,6 +676,28 @@ fn offer_request_turns_a_full_queue_into_a_busy_reply() {
 }
 
 #[test]
+fn boot_from_applies_the_safe_mask_then_restores_only_when_asked() {
+    let mut cfg = crate::pdu::config::PduConfig::default();
+    cfg.switch.safe_mask = OutletMask(0b1000_0000);
+    cfg.switch.last_state = OutletMask(0b0000_0011);
+    let (mut core, restored) = SwitchCore::boot_from(&cfg, ms(0));
+    assert_eq!(restored, None);
+    for t in (0..500).step_by(10) {
+        settle(&mut core, ms(t));
+    }
+    assert_eq!(core.relays(), OutletMask(0b1000_0000));
+
+    cfg.switch.restore_on_boot = true;
+    let (mut core, restored) = SwitchCore::boot_from(&cfg, ms(0));
+    assert!(restored.is_some_and(|n| n > 0));
+    for t in (0..500).step_by(10) {
+        settle(&mut core, ms(t));
+    }
+    assert_eq!(core.snapshot().state, SwitchState::Ready);
+    assert_eq!(core.relays(), OutletMask(0b0000_0011));
+}
+
+#[test]
 fn restore_brings_outlets_back_in_steps_of_the_maximum() {
     let mut p = policy();
     p.max_simultaneous = 2;

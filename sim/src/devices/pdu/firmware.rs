@@ -612,14 +612,12 @@ async fn boot(sh: Rc<Shared>, generation: u64) {
     *sh.config_source.borrow_mut() = source;
     let cfg = loaded.config;
     let now = sh.clock.now();
-    let mut core = SwitchCore::new(cfg.switch.clone(), &cfg.ocp);
-    core.boot(&cfg.switch, &cfg.ocp, now);
+    let (core, restored) = SwitchCore::boot_from(&cfg, now);
     sh.record(
         "boot",
         format!("SAFE_MASK 0x{:02x} applied", cfg.switch.safe_mask.0),
     );
-    if cfg.switch.restore_on_boot {
-        let n = core.restore(cfg.switch.last_state, now);
+    if let Some(n) = restored {
         sh.record(
             "boot",
             format!(
