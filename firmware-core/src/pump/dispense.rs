@@ -2042,84 +2042,18 @@ mod tests {
 
     mod runner {
         use super::*;
-        use core::cell::{Cell, RefCell};
-        use core::convert::Infallible;
-        use core::future::Future;
+        use crate::pump::test_support::{Pipe, PipeRx, PipeTx, TestClock, contents};
+        use core::cell::Cell;
         use embassy_futures::poll_once;
-        use std::collections::VecDeque;
-
-        struct Rx<'a>(&'a RefCell<VecDeque<u8>>);
-        struct Tx<'a>(&'a RefCell<std::vec::Vec<u8>>);
-        #[derive(Clone, Copy)]
-        struct TestClock<'a>(&'a Cell<u64>);
-
-        impl embedded_io_async::ErrorType for Rx<'_> {
-            type Error = Infallible;
-        }
-        impl embedded_io_async::ErrorType for Tx<'_> {
-            type Error = Infallible;
-        }
-        impl Read for Rx<'_> {
-            async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Infallible> {
-                loop {
-                    let n = {
-                        let mut q = self.0.borrow_mut();
-                        let n = buf.len().min(q.len());
-                        for b in buf.iter_mut().take(n) {
-                            *b = q.pop_front().unwrap();
-                        }
-                        n
-                    };
-                    if n > 0 {
-                        return Ok(n);
-                    }
-                    // Nothing yet: stay pending (the test polls again after adding bytes).
-                    yield_now().await;
-                }
-            }
-        }
-        impl Write for Tx<'_> {
-            async fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
-                self.0.borrow_mut().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            async fn flush(&mut self) -> Result<(), Infallible> {
-                Ok(())
-            }
-        }
-        impl Clock for TestClock<'_> {
-            fn now(&self) -> Instant {
-                Instant::from_micros(self.0.get())
-            }
-            async fn sleep_until(&self, deadline: Instant) {
-                while self.now() < deadline {
-                    yield_now().await;
-                }
-            }
-        }
-
-        /// Pending once, then ready: lets `poll_once` return between test steps.
-        fn yield_now() -> impl Future<Output = ()> {
-            let mut yielded = false;
-            core::future::poll_fn(move |_| {
-                if yielded {
-                    core::task::Poll::Ready(())
-                } else {
-                    yielded = true;
-                    core::task::Poll::Pending
-                }
-            })
-        }
 
         #[test]
         fn the_task_writes_the_feed_hold_first_when_the_estop_signal_fires() {
             let gov = Gov::new();
             let ch = MotionChannels::<NoopRawMutex>::new();
-            let rx = RefCell::new(VecDeque::new());
-            let tx = RefCell::new(std::vec::Vec::new());
+            let (rx, tx) = (Pipe::default(), Pipe::default());
             let now = Cell::new(0);
             let core = Motion::new(&gov, MotionConfig::default());
-            let mut task = MotionTask::new(core, Rx(&rx), Tx(&tx), TestClock(&now), &ch);
+            let mut task = MotionTask::new(core, PipeRx(&rx), PipeTx(&tx), TestClock(&now), &ch);
             let run = task.run();
             let mut run = core::pin::pin!(run);
             let mut step = || {
@@ -2135,15 +2069,15 @@ mod tests {
                     .is_queued()
             );
             step();
-            assert_eq!(tx.borrow().as_slice(), b"?");
+            assert_eq!(contents(&tx), b"?");
             rx.borrow_mut()
                 .extend(report("Idle", 0.0, 0.0).bytes().chain(*b"ok\n"));
             step();
-            assert_eq!(tx.borrow().as_slice(), b"?G91 G1 X20.000 F120.000\n");
+            assert_eq!(contents(&tx), b"?G91 G1 X20.000 F120.000\n");
             tx.borrow_mut().clear();
             ch.estop.signal(EstopTrigger::Button);
             step();
-            assert_eq!(tx.borrow().first(), Some(&b'!'));
+            assert_eq!(tx.borrow().front(), Some(&b'!'));
             assert_eq!(gov.get(), Priority::Emergency);
             let mut events = std::vec::Vec::new();
             while let Some(e) = ch.events.try_receive() {

@@ -1123,73 +1123,11 @@ mod tests {
         use super::*;
         use crate::pump::dispense::AlarmKind;
         use crate::pump::estop::EstopTrigger;
+        use crate::pump::test_support::{Pipe, PipeRx, PipeTx, TestClock};
         use crate::queue::FullPolicy;
-        use core::cell::{Cell, RefCell};
-        use core::convert::Infallible;
+        use core::cell::Cell;
         use embassy_futures::poll_once;
         use embassy_sync::blocking_mutex::raw::NoopRawMutex;
-        use std::collections::VecDeque;
-
-        type Pipe = RefCell<VecDeque<u8>>;
-        struct Rx<'a>(&'a Pipe);
-        struct Tx<'a>(&'a Pipe);
-        #[derive(Clone, Copy)]
-        struct TestClock<'a>(&'a Cell<u64>);
-
-        fn yield_now() -> impl core::future::Future<Output = ()> {
-            let mut yielded = false;
-            core::future::poll_fn(move |_| {
-                if core::mem::replace(&mut yielded, true) {
-                    core::task::Poll::Ready(())
-                } else {
-                    core::task::Poll::Pending
-                }
-            })
-        }
-
-        impl embedded_io_async::ErrorType for Rx<'_> {
-            type Error = Infallible;
-        }
-        impl embedded_io_async::ErrorType for Tx<'_> {
-            type Error = Infallible;
-        }
-        impl Read for Rx<'_> {
-            async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Infallible> {
-                loop {
-                    let n = {
-                        let mut q = self.0.borrow_mut();
-                        let n = buf.len().min(q.len());
-                        for b in buf.iter_mut().take(n) {
-                            *b = q.pop_front().unwrap();
-                        }
-                        n
-                    };
-                    if n > 0 {
-                        return Ok(n);
-                    }
-                    yield_now().await;
-                }
-            }
-        }
-        impl Write for Tx<'_> {
-            async fn write(&mut self, buf: &[u8]) -> Result<usize, Infallible> {
-                self.0.borrow_mut().extend(buf.iter().copied());
-                Ok(buf.len())
-            }
-            async fn flush(&mut self) -> Result<(), Infallible> {
-                Ok(())
-            }
-        }
-        impl Clock for TestClock<'_> {
-            fn now(&self) -> Instant {
-                Instant::from_micros(self.0.get())
-            }
-            async fn sleep_until(&self, deadline: Instant) {
-                while self.now() < deadline {
-                    yield_now().await;
-                }
-            }
-        }
 
         #[test]
         fn commands_reach_the_pump_and_events_reach_the_wifi_mcu() {
@@ -1204,8 +1142,8 @@ mod tests {
             let sig_h: Signal<NoopRawMutex, LinkEvent> = Signal::new();
             let mut pump = LinkTask::new(
                 LinkEndpoint::new(cfg, 1),
-                Rx(&to_pump),
-                Tx(&to_host),
+                PipeRx(&to_pump),
+                PipeTx(&to_host),
                 TestClock(&now),
                 PumpSource::new(&pump_ch).unwrap(),
                 QueueSink(&pump_ch.commands),
@@ -1213,8 +1151,8 @@ mod tests {
             );
             let mut host = LinkTask::new(
                 LinkEndpoint::new(cfg, 2),
-                Rx(&to_host),
-                Tx(&to_pump),
+                PipeRx(&to_host),
+                PipeTx(&to_pump),
                 TestClock(&now),
                 QueueSource(&host_cmds),
                 QueueSink(&host_in),

@@ -14,6 +14,8 @@ pub mod link;
 pub mod outbox;
 pub mod stats;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 pub mod ws;
 
 use core::fmt;
