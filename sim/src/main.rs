@@ -126,11 +126,11 @@ struct ScenarioArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Scenario runs record what the firmware logs in their trace already; printing it too would
-    // bury the report. `RUST_LOG` still overrides.
+    // Scenario and comparison runs record what the firmware logs in their trace already;
+    // printing it too would bury the report. `RUST_LOG` still overrides.
     // rumqttd logs a client that connects and hangs up (a port probe) as an error: not news.
     let default_filter = match cli.command {
-        Some(Command::Scenario(_)) => "off",
+        Some(Command::Scenario(_) | Command::Compare(_)) => "off",
         _ => "warn,rumqttd=off",
     };
     tracing_subscriber::fmt()
