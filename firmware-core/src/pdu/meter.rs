@@ -583,34 +583,74 @@ impl<M: RawMutex, const N: usize, const K: usize> TelemetrySink for WatchSink<'_
     }
 }
 
-/// The MeterTask runner: a UART, a clock, a mux port and a telemetry sink around a
-/// [`MeterCore`].
-pub struct MeterTask<U, C, X, S> {
+/// What MeterTask follows and reports besides its telemetry: the relay state (an open outlet
+/// carries no load, and uptime counts from switch-on) and a heartbeat for HealthTask. The
+/// platform implements it over SwitchTask's published state and its heartbeat board.
+pub trait MeterLinks {
+    /// The relay state now, if known.
+    fn relays(&mut self) -> Option<OutletMask>;
+    /// Called after every step.
+    fn beat(&mut self, now: Instant);
+}
+
+/// No links: the relay state is never learned and nobody is told the task is alive.
+pub struct NoLinks;
+
+impl MeterLinks for NoLinks {
+    fn relays(&mut self) -> Option<OutletMask> {
+        None
+    }
+    fn beat(&mut self, _now: Instant) {}
+}
+
+/// The MeterTask runner: a UART, a clock, a mux port, a telemetry sink and the [`MeterLinks`]
+/// around a [`MeterCore`].
+pub struct MeterTask<U, C, X, S, L = NoLinks> {
     uart: U,
     clock: C,
     mux: X,
     sink: S,
+    links: L,
+    relays: Option<OutletMask>,
     core: MeterCore,
 }
 
-impl<U, C, X, S> MeterTask<U, C, X, S>
-where
-    U: embedded_io_async::Read,
-    C: Clock,
-    X: MeterMux,
-    S: TelemetrySink,
-{
-    /// A runner.
+impl<U, C, X, S> MeterTask<U, C, X, S, NoLinks> {
+    /// A runner without links (see [`with_links`](Self::with_links)).
     pub fn new(uart: U, clock: C, mux: X, sink: S, core: MeterCore) -> Self {
         MeterTask {
             uart,
             clock,
             mux,
             sink,
+            links: NoLinks,
+            relays: None,
             core,
         }
     }
 
+    /// The same runner, following and reporting through `links`.
+    pub fn with_links<L: MeterLinks>(self, links: L) -> MeterTask<U, C, X, S, L> {
+        MeterTask {
+            uart: self.uart,
+            clock: self.clock,
+            mux: self.mux,
+            sink: self.sink,
+            links,
+            relays: self.relays,
+            core: self.core,
+        }
+    }
+}
+
+impl<U, C, X, S, L> MeterTask<U, C, X, S, L>
+where
+    U: embedded_io_async::Read,
+    C: Clock,
+    X: MeterMux,
+    S: TelemetrySink,
+    L: MeterLinks,
+{
     /// The core (calibration changes, relay state, stats).
     pub fn core_mut(&mut self) -> &mut MeterCore {
         &mut self.core
@@ -640,9 +680,17 @@ where
                 }
             }
         }
-        if let Some(t) = self.core.poll_telemetry(self.clock.now()) {
+        let now = self.clock.now();
+        if let Some(on) = self.links.relays()
+            && self.relays != Some(on)
+        {
+            self.relays = Some(on);
+            self.core.handle_outlets(on, now);
+        }
+        if let Some(t) = self.core.poll_telemetry(now) {
             self.sink.publish(&t);
         }
+        self.links.beat(now);
     }
 
     /// Run forever.
@@ -1073,6 +1121,59 @@ mod tests {
                 _ => core::future::pending().await,
             }
         }
+    }
+
+    /// Relay state the test sets; beats counted.
+    struct Links<'a> {
+        relays: &'a Cell<OutletMask>,
+        beats: &'a Cell<u32>,
+    }
+
+    impl MeterLinks for Links<'_> {
+        fn relays(&mut self) -> Option<OutletMask> {
+            Some(self.relays.get())
+        }
+        fn beat(&mut self, _now: Instant) {
+            self.beats.set(self.beats.get() + 1);
+        }
+    }
+
+    #[test]
+    fn the_runner_follows_the_relays_and_beats_every_step() {
+        let clock = VirtualClock(Cell::new(Instant::ZERO));
+        let selected = Cell::new(None);
+        let uart = MuxedUart {
+            clock: &clock,
+            selected: &selected,
+        };
+        let mux = |o: Outlet| {
+            selected.set(Some(o));
+            Ok(())
+        };
+        let sink = |_: &[ChannelTelemetry; CHANNELS]| {};
+        let (relays, beats) = (Cell::new(OutletMask(0b10)), Cell::new(0));
+        let links = Links {
+            relays: &relays,
+            beats: &beats,
+        };
+        let mut task = MeterTask::new(uart, &clock, mux, sink, meter()).with_links(links);
+        let mut steps = 0;
+        embassy_futures::block_on(async {
+            while clock.now() < ms(3_000) {
+                task.step().await;
+                steps += 1;
+            }
+        });
+        assert_eq!(beats.get(), steps);
+        let t = task.core_mut().telemetry(clock.now());
+        // Outlet 2 has been on since the first step; outlet 1 never was.
+        assert!(t[1].uptime_s >= 2, "{}", t[1].uptime_s);
+        assert_eq!(t[0].uptime_s, 0);
+        // Opening outlet 2 drops its load from the average at the next step.
+        relays.set(OutletMask::NONE);
+        embassy_futures::block_on(task.step());
+        let t = task.core_mut().telemetry(clock.now());
+        assert_close(t[1].current_a, 0.0);
     }
 
     #[test]

@@ -24,12 +24,15 @@ use firmware_core::pdu::config::SOURCES;
 use firmware_core::pdu::eeprom::{Cat24c256, DEFAULT_ADDRESS};
 use firmware_core::pdu::health::{HealthCore, HealthStatus, HealthTask};
 use firmware_core::pdu::health::{Heartbeats, TaskId};
-use firmware_core::pdu::meter::{self, MeterCore, MeterSettings, MeterTask, SwitchQueueMux};
+use firmware_core::pdu::meter::{
+    self, MeterCore, MeterLinks, MeterSettings, MeterTask, SwitchQueueMux,
+};
 use firmware_core::pdu::storage::{Storage, StorageReply, StorageRequest, StorageTask};
 use firmware_core::pdu::switch::{SwitchAux, SwitchCore, SwitchLinks, SwitchSnapshot, SwitchTask};
-use firmware_core::pdu::{CHANNELS, ChannelTelemetry, SwitchRequest};
+use firmware_core::pdu::{CHANNELS, ChannelTelemetry, OutletMask, SwitchRequest};
 use firmware_core::ports::Clock;
 use firmware_core::queue::{FullPolicy, Queue};
+use firmware_core::time::Instant;
 use panic_halt as _;
 use static_cell::StaticCell;
 
@@ -93,6 +96,7 @@ type Meter = MeterTask<
     EmbassyClock,
     SwitchQueueMux<'static, Cs, SWITCH_QUEUE>,
     fn(&[ChannelTelemetry; CHANNELS]),
+    MeterFollowsSwitch,
 >;
 type Buttons = ButtonTask<'static, FrontPanel, EmbassyClock, Cs, SWITCH_QUEUE, AUX_QUEUE>;
 type Monitor = HealthTask<'static, Health, EmbassyClock, Cs, SWITCH_QUEUE, READERS, EVENT_QUEUE>;
@@ -107,24 +111,22 @@ async fn storage_task(mut task: Storer) -> ! {
     task.run().await
 }
 
-/// MeterTask does not follow the relays or beat by itself: like the simulator's assembly, feed
-/// it SwitchTask's published relay state after each step (uptime, and a load switched off leaves
-/// the over-current sum at once) and beat for HealthTask.
+/// MeterTask follows SwitchTask's published relays (uptime, and a load switched off leaves the
+/// over-current sum at once) and beats for HealthTask.
+struct MeterFollowsSwitch;
+
+impl MeterLinks for MeterFollowsSwitch {
+    fn relays(&mut self) -> Option<OutletMask> {
+        SWITCH_STATE.try_get().map(|s| s.relays)
+    }
+    fn beat(&mut self, now: Instant) {
+        HEARTBEATS.beat(TaskId::METER, now);
+    }
+}
+
 #[embassy_executor::task]
 async fn meter_task(mut task: Meter) -> ! {
-    let mut relays = None;
-    loop {
-        task.step().await;
-        let now = EmbassyClock.now();
-        HEARTBEATS.beat(TaskId::METER, now);
-        let latest = SWITCH_STATE.try_get().map(|s| s.relays);
-        if latest != relays {
-            relays = latest;
-            if let Some(on) = latest {
-                task.core_mut().handle_outlets(on, now);
-            }
-        }
-    }
+    task.run().await
 }
 
 #[embassy_executor::task]
@@ -196,7 +198,8 @@ async fn main(spawner: Spawner) {
         SwitchQueueMux::new(&SWITCH_REQUESTS, METER_TOKENS),
         publish_telemetry as fn(&_),
         MeterCore::new(MeterSettings::default(), config.calibration),
-    );
+    )
+    .with_links(MeterFollowsSwitch);
 
     let pins: [Peri<'static, AnyPin>; 4] = [
         p.PIN_12.into(),

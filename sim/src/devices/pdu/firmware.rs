@@ -43,13 +43,15 @@ use firmware_core::pdu::health::{
     HealthCore, HealthEvent, HealthPlatform, HealthStatus, HealthTask, Heartbeats, TaskId,
 };
 use firmware_core::pdu::logger::{LogEvent, LogPort, LoggerCore, LoggerTask};
-use firmware_core::pdu::meter::{MeterCore, MeterSettings, MeterTask, SwitchQueueMux, currents};
+use firmware_core::pdu::meter::{
+    MeterCore, MeterLinks, MeterSettings, MeterTask, SwitchQueueMux, currents,
+};
 use firmware_core::pdu::snmp::SnmpStats;
 use firmware_core::pdu::storage::{LoadSource, Storage, StorageOp, StorageReply, StorageRequest};
 use firmware_core::pdu::switch::{
     EventPort, SwitchAux, SwitchCore, SwitchEvent, SwitchLinks, SwitchSnapshot, SwitchTask,
 };
-use firmware_core::pdu::{CHANNELS, ChannelTelemetry, SwitchReply, SwitchRequest};
+use firmware_core::pdu::{CHANNELS, ChannelTelemetry, OutletMask, SwitchReply, SwitchRequest};
 use firmware_core::queue::{FullPolicy, Queue};
 use firmware_core::time::{Duration, Instant};
 
@@ -811,25 +813,27 @@ async fn meter_task(sh: Rc<Shared>, b: &'static Board) {
         s.telemetry.set(*t);
         b.currents.signal(currents(t));
     };
-    let mut task = MeterTask::new(
+    MeterTask::new(
         uart,
         sh.clock.clone(),
         SwitchQueueMux::new(&b.switch_q, 0x4000_0000),
         sink,
         MeterCore::new(MeterSettings::default(), cfg.calibration),
-    );
-    let mut relays = None;
-    loop {
-        task.step().await;
-        let now = sh.clock.now();
-        b.beats.beat(TaskId::METER, now);
-        let r = b.published.try_get().map(|s| s.relays);
-        if r != relays {
-            relays = r;
-            if let Some(r) = r {
-                task.core_mut().handle_outlets(r, now);
-            }
-        }
+    )
+    .with_links(BoardMeterLinks(b))
+    .run()
+    .await
+}
+
+/// MeterTask follows SwitchTask's published relays and beats on the board's heartbeats.
+struct BoardMeterLinks(&'static Board);
+
+impl MeterLinks for BoardMeterLinks {
+    fn relays(&mut self) -> Option<OutletMask> {
+        self.0.published.try_get().map(|s| s.relays)
+    }
+    fn beat(&mut self, now: Instant) {
+        self.0.beats.beat(TaskId::METER, now);
     }
 }
 
