@@ -24,6 +24,7 @@
 //!   an RTOS would finish the preempted work.
 //! * **Stats**: per task polls, run time, and wait time (ready but not running because its core
 //!   was busy); per core busy time in 10 ms buckets, for utilisation over any window.
+pub mod inbox;
 pub mod pacing;
 pub mod time;
 pub mod trace;

@@ -16,9 +16,13 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use firmware_core::time::{Duration, Instant};
 
-use crate::kernel::{Kernel, LiveControl, RunEnd};
+use crate::devices::Device;
+use crate::kernel::{Kernel, LiveControl, RunEnd, TaskSpec};
 
+pub mod control;
 pub mod pty;
+
+pub use control::Controller;
 
 /// What `twin run` was asked for.
 #[derive(Debug, Clone)]
@@ -101,6 +105,8 @@ pub struct LiveContext {
     pub services: Services,
     /// Steers the kernel (speed, pause, stop) from any thread.
     pub control: LiveControl,
+    /// Sends actions and state reads to the twins' devices from any thread.
+    pub controller: Controller,
 }
 
 /// A device that can run live.
@@ -117,6 +123,10 @@ pub trait LiveHandle {
     fn shutdown(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// The running device, for actions and state reads from other threads ([`Controller`]).
+    fn device(&mut self) -> Option<&mut dyn Device> {
+        None
+    }
 }
 
 /// Every twin `twin run` knows, in start order.
@@ -128,84 +138,166 @@ pub fn twins() -> Vec<Box<dyn LiveTwin>> {
     ]
 }
 
-/// Run `twins` live until `until` (virtual) or Ctrl-C.
+/// The twins started on a live kernel, with their I/O runtime: what `twin run` and the desktop
+/// window drive. Lives on the thread that runs the kernel (the devices are not `Send`); the
+/// [`LiveControl`] and [`Controller`] handles reach it from other threads.
+pub struct Session {
+    kernel: Kernel,
+    runtime: tokio::runtime::Runtime,
+    handles: control::Handles,
+    names: Vec<&'static str>,
+    control: LiveControl,
+    controller: Controller,
+    services: BTreeMap<String, String>,
+    options: LiveOptions,
+}
+
+impl Session {
+    /// Start `twins` on a fresh live kernel: bind their services, announce them, write the ready
+    /// file. The kernel does not run until [`Session::run_until`].
+    pub fn start(options: LiveOptions, twins: Vec<Box<dyn LiveTwin>>) -> anyhow::Result<Session> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("twin-io")
+            .enable_all()
+            .build()
+            .context("starting the I/O runtime")?;
+        let mut kernel = Kernel::new(options.seed);
+        let control = kernel.go_live(options.speed);
+        let controller = Controller::default();
+        let ctx = LiveContext {
+            options: options.clone(),
+            io: runtime.handle().clone(),
+            services: Services::default(),
+            control: control.clone(),
+            controller: controller.clone(),
+        };
+        let handles: control::Handles = Default::default();
+        for twin in &twins {
+            let handle = twin
+                .start(&mut kernel, &ctx)
+                .with_context(|| format!("starting the {} twin", twin.name()))?;
+            handles.borrow_mut().push((twin.name(), handle));
+        }
+        kernel
+            .spawn(
+                TaskSpec::world("live.control"),
+                control::serve(controller.inbox(), handles.clone()),
+            )
+            .detach();
+        let services = ctx.services.all();
+        if let Some(path) = &options.ready_file {
+            let json = serde_json::to_string_pretty(&services).context("ready file")?;
+            std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(Session {
+            kernel,
+            runtime,
+            handles,
+            names: twins.iter().map(|t| t.name()).collect(),
+            control,
+            controller,
+            services,
+            options,
+        })
+    }
+
+    /// The names of the running twins, in start order.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    /// The services' addresses, by name.
+    pub fn services(&self) -> &BTreeMap<String, String> {
+        &self.services
+    }
+
+    /// Speed, pause and stop, from any thread.
+    pub fn control(&self) -> LiveControl {
+        self.control.clone()
+    }
+
+    /// Actions and state reads, from any thread.
+    pub fn controller(&self) -> Controller {
+        self.controller.clone()
+    }
+
+    /// The kernel the twins run on.
+    pub fn kernel(&mut self) -> &mut Kernel {
+        &mut self.kernel
+    }
+
+    /// The I/O runtime the services run on.
+    pub fn io(&self) -> tokio::runtime::Handle {
+        self.runtime.handle().clone()
+    }
+
+    /// Run the kernel, paced, until `until` or an interrupt.
+    pub fn run_until(&mut self, until: Instant) -> RunEnd {
+        self.kernel.run_until(until)
+    }
+
+    /// Let every twin flush its state, then stop the I/O runtime.
+    pub fn shutdown(self) -> anyhow::Result<()> {
+        for (_, h) in self.handles.borrow_mut().iter_mut() {
+            h.shutdown()?;
+        }
+        self.runtime.shutdown_background();
+        Ok(())
+    }
+}
+
+/// Run `twins` live until `until` (virtual) or Ctrl-C, printing their services and steered from
+/// stdin (`twin run`).
 pub fn run(
     options: LiveOptions,
     twins: Vec<Box<dyn LiveTwin>>,
     until: Option<Instant>,
     report_every: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("twin-io")
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
-    let mut kernel = Kernel::new(options.seed);
-    let control = kernel.go_live(options.speed);
-    let ctx = LiveContext {
-        options: options.clone(),
-        io: runtime.handle().clone(),
-        services: Services::default(),
-        control: control.clone(),
-    };
-    let mut handles = Vec::new();
-    for twin in &twins {
-        let handle = twin
-            .start(&mut kernel, &ctx)
-            .with_context(|| format!("starting the {} twin", twin.name()))?;
-        handles.push(handle);
-    }
-    let names: Vec<&str> = twins.iter().map(|t| t.name()).collect();
+    let mut session = Session::start(options, twins)?;
     println!(
-        "Twinbench live twin [{}]: speed {}x, seed {}. Ctrl-C stops; type `pause`, `resume`, `speed N` or `quit`.",
-        names.join(", "),
-        options.speed,
-        options.seed
+        "Twinbench live twin [{}]: speed {}x, seed {}. Ctrl-C stops; type `help` for commands.",
+        session.names().join(", "),
+        session.options.speed,
+        session.options.seed
     );
-    let services = ctx.services.all();
-    for (name, addr) in &services {
+    for (name, addr) in session.services() {
         println!("  {name:<16} {addr}");
     }
-    if let Some(path) = &options.ready_file {
-        let json = serde_json::to_string_pretty(&services).context("ready file")?;
-        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    }
     {
-        let control = control.clone();
-        runtime.spawn(async move {
+        let control = session.control();
+        session.runtime.spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 control.interrupt();
             }
         });
     }
-    spawn_stdin_control(control.clone());
+    spawn_stdin_control(session.control(), session.controller());
 
     let step = report_every.unwrap_or(Duration::from_secs(1));
     let until = until.unwrap_or(Instant::MAX);
     let mut next = Instant::ZERO + step;
     let end = loop {
-        let end = kernel.run_until(next.min(until));
+        let end = session.run_until(next.min(until));
         if report_every.is_some() && end == RunEnd::Reached {
-            print_utilisation(&kernel, step);
+            print_utilisation(session.kernel(), step);
         }
-        if end != RunEnd::Reached || kernel.now() >= until {
+        if end != RunEnd::Reached || session.kernel().now() >= until {
             break end;
         }
         next += step;
     };
-    for h in &mut handles {
-        h.shutdown()?;
-    }
+    let now = session.kernel().now();
+    session.shutdown()?;
     println!(
         "stopped at {} ({})",
-        Duration::from_micros(kernel.now().as_micros()),
+        Duration::from_micros(now.as_micros()),
         match end {
             RunEnd::Interrupted => "interrupted",
             _ => "end of run",
         }
     );
-    runtime.shutdown_background();
     Ok(())
 }
 
@@ -224,8 +316,14 @@ fn print_utilisation(kernel: &Kernel, window: Duration) {
     );
 }
 
-/// `pause`, `resume`, `speed N`, `quit` on stdin steer the run.
-fn spawn_stdin_control(control: LiveControl) {
+const STDIN_HELP: &str = "commands: pause, resume, speed N, quit, \
+act TWIN VERB [key=value ...] (a scenario action), state TWIN KEY [KEY ...] (scenario state keys)";
+
+/// How long a stdin `act`/`state` waits for the kernel (a paused kernel still serves them).
+const STDIN_REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `pause`, `resume`, `speed N`, `quit`, `act …` and `state …` on stdin steer the run.
+fn spawn_stdin_control(control: LiveControl, controller: Controller) {
     let spawned = std::thread::Builder::new()
         .name("twin-stdin".into())
         .spawn(move || {
@@ -247,8 +345,38 @@ fn spawn_stdin_control(control: LiveControl) {
                         control.interrupt();
                         return;
                     }
+                    ["act", twin, verb, params @ ..] => {
+                        let outcome = control::parse_params(params)
+                            .and_then(|p| controller.act(twin, verb, p))
+                            .and_then(|rx| {
+                                rx.recv_timeout(STDIN_REPLY_TIMEOUT)
+                                    .map_err(|_| "the twin did not answer".to_owned())?
+                            });
+                        match outcome {
+                            Ok(()) => println!("ok"),
+                            Err(e) => println!("error: {e}"),
+                        }
+                    }
+                    ["state", twin, keys @ ..] if !keys.is_empty() => {
+                        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+                        let outcome = controller.state(twin, keys.clone()).and_then(|rx| {
+                            rx.recv_timeout(STDIN_REPLY_TIMEOUT)
+                                .map_err(|_| "the twin did not answer".to_owned())?
+                        });
+                        match outcome {
+                            Ok(values) => {
+                                for (k, v) in keys.iter().zip(values) {
+                                    match v {
+                                        Some(v) => println!("{twin}.{k} = {v}"),
+                                        None => println!("{twin}.{k}: no such state"),
+                                    }
+                                }
+                            }
+                            Err(e) => println!("error: {e}"),
+                        }
+                    }
                     [] => {}
-                    _ => eprintln!("commands: pause, resume, speed N, quit"),
+                    _ => eprintln!("{STDIN_HELP}"),
                 }
             }
         });
@@ -301,13 +429,20 @@ impl LiveTwin for DemoTwin {
     ) -> anyhow::Result<Box<dyn LiveHandle>> {
         let cases = crate::scenario::load_str(std::path::Path::new("<built-in demo>"), DEMO)?;
         let case = cases.first().context("the built-in demo has no test")?;
-        for (name, spec) in &case.devices {
-            // The device's tasks keep what they need; the handle itself is not needed live.
-            drop(spec.build(name, kernel));
-        }
-        Ok(Box::new(NoState))
+        let devices = case
+            .devices
+            .iter()
+            .map(|(name, spec)| spec.build(name, kernel))
+            .collect();
+        Ok(Box::new(DemoHandle(devices)))
     }
 }
 
-struct NoState;
-impl LiveHandle for NoState {}
+/// The demo's devices (one, `demo`).
+struct DemoHandle(Vec<Box<dyn Device>>);
+
+impl LiveHandle for DemoHandle {
+    fn device(&mut self) -> Option<&mut dyn Device> {
+        self.0.first_mut().map(|d| &mut **d as &mut dyn Device)
+    }
+}

@@ -3,7 +3,7 @@
 //! and ConsoleTask runners as scenarios do.
 //!
 //! Sockets live on the live runtime's tokio threads; they reach the device through the
-//! thread-safe [`Inbox`](super::net::Inbox)es, whose wakes reach the kernel's thread. NetTask's
+//! thread-safe [`Inbox`](crate::kernel::inbox::Inbox)es, whose wakes reach the kernel's thread. NetTask's
 //! inbox is bounded (full policy: refuse the newest, counted in `net.dropped`): a refused SNMP
 //! datagram gets no answer (as a full W5500 socket buffer), a refused HTTP connection gets 503.
 //! The console has its own inbox and a higher task priority, so a UDP flood cannot stall it.
@@ -53,6 +53,9 @@ struct PduHandle {
 }
 
 impl LiveHandle for PduHandle {
+    fn device(&mut self) -> Option<&mut dyn crate::devices::Device> {
+        Some(&mut self.device)
+    }
     fn shutdown(&mut self) -> anyhow::Result<()> {
         let sh = self.device.shared();
         let net = sh.net_inbox.stats();

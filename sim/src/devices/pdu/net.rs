@@ -2,21 +2,17 @@
 //! console bytes into the firmware's sans-IO front-ends (`firmware_core::pdu::{snmp, http,
 //! console}`) and forward the front-ends' `Intent`s to SwitchTask and StorageTask.
 //!
-//! Input reaches them through an [`Inbox`]: a bounded, thread-safe queue (live sockets push
-//! from the tokio threads, scenario actions from the kernel thread) whose full policy is
-//! **reject the newest** — a datagram that finds the inbox full is dropped and counted in
+//! Input reaches them through an [`Inbox`] (`sim::kernel::inbox`): a bounded, thread-safe queue
+//! (live sockets push from the tokio threads, scenario actions from the kernel thread) whose full
+//! policy is **reject the newest** — a datagram that finds the inbox full is dropped and counted in
 //! [`InboxStats::dropped`], as a W5500 socket buffer overflows; an HTTP connection is answered
 //! 503 by the live layer. NetTask serves at most one item per `net_poll` (the ENERGIS main loop
 //! polls its sockets once per tick), so a flood costs a bounded share of the CPU.
 //!
 //! Also here: a tiny SNMP manager (request encoder on the firmware's BER writer, response
 //! decoder on its reader) for scenario actions.
-use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::future::poll_fn;
 use std::rc::Rc;
-use std::sync::Mutex;
-use std::task::{Poll, Waker};
 
 use embassy_futures::select::{Either, select};
 use firmware_core::pdu::console::{Console, RECOMMENDED_OUT_LEN};
@@ -35,95 +31,7 @@ use firmware_core::pdu::{SwitchReply, SwitchRequest};
 use firmware_core::time::Duration;
 
 use super::firmware::{Board, ReplyQ, Shared};
-
-/// Counters of an [`Inbox`], for telemetry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct InboxStats {
-    /// Items accepted.
-    pub accepted: u64,
-    /// Items refused because the inbox was full.
-    pub dropped: u64,
-    /// Largest depth seen.
-    pub high_water: usize,
-}
-
-struct InboxState<T> {
-    items: VecDeque<T>,
-    waker: Option<Waker>,
-    stats: InboxStats,
-}
-
-/// A bounded queue from any thread into one kernel task. Full policy: reject the newest.
-pub struct Inbox<T> {
-    state: Mutex<InboxState<T>>,
-    capacity: usize,
-}
-
-impl<T> Inbox<T> {
-    /// An empty inbox holding at most `capacity` items (at least one).
-    pub fn new(capacity: usize) -> Self {
-        Inbox {
-            state: Mutex::new(InboxState {
-                items: VecDeque::new(),
-                waker: None,
-                stats: InboxStats::default(),
-            }),
-            capacity: capacity.max(1),
-        }
-    }
-
-    /// Queue `item`, or hand it back (counted) when full.
-    pub fn offer(&self, item: T) -> Result<(), T> {
-        let Ok(mut st) = self.state.lock() else {
-            return Err(item);
-        };
-        if st.items.len() >= self.capacity {
-            st.stats.dropped += 1;
-            return Err(item);
-        }
-        st.items.push_back(item);
-        st.stats.accepted += 1;
-        st.stats.high_water = st.stats.high_water.max(st.items.len());
-        if let Some(w) = st.waker.take() {
-            w.wake();
-        }
-        Ok(())
-    }
-
-    /// Wait for the next item.
-    pub async fn recv(&self) -> T {
-        poll_fn(|cx| {
-            let Ok(mut st) = self.state.lock() else {
-                return Poll::Pending;
-            };
-            match st.items.pop_front() {
-                Some(item) => Poll::Ready(item),
-                None => {
-                    st.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
-    }
-
-    /// Forget everything queued (power loss).
-    pub fn clear(&self) {
-        if let Ok(mut st) = self.state.lock() {
-            st.items.clear();
-        }
-    }
-
-    /// Items waiting now.
-    pub fn depth(&self) -> usize {
-        self.state.lock().map(|s| s.items.len()).unwrap_or(0)
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> InboxStats {
-        self.state.lock().map(|s| s.stats).unwrap_or_default()
-    }
-}
+pub use crate::kernel::inbox::{Inbox, InboxStats};
 
 /// Where a NetTask answer goes.
 pub enum ReplyTo {

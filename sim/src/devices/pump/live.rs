@@ -73,9 +73,13 @@ pub struct PumpTwin;
 struct Handle {
     _pty: Option<Pty>,
     broker_dropped: Arc<AtomicU64>,
+    device: PumpDevice,
 }
 
 impl LiveHandle for Handle {
+    fn device(&mut self) -> Option<&mut dyn crate::devices::Device> {
+        Some(&mut self.device)
+    }
     fn shutdown(&mut self) -> anyhow::Result<()> {
         println!(
             "pump: messages the broker relay dropped (queue full): {}",
@@ -290,10 +294,11 @@ impl LiveTwin for PumpTwin {
             }
         };
 
-        spawn_kernel_side(kernel, dev, from_io, status);
+        spawn_kernel_side(kernel, &dev, from_io, status);
         Ok(Box::new(Handle {
             _pty: pty,
             broker_dropped,
+            device: dev,
         }))
     }
 }
@@ -350,48 +355,50 @@ const PTY_INPUT_CHUNKS: usize = 64;
 /// The kernel side: requests from the sockets, and the status report for `GET /api/status`.
 fn spawn_kernel_side(
     kernel: &mut Kernel,
-    dev: PumpDevice,
+    dev: &PumpDevice,
     mut from_io: mpsc::Receiver<ToKernel>,
     status: Arc<Mutex<String>>,
 ) {
-    let dev = std::rc::Rc::new(dev);
-    let d = dev.clone();
+    let net = dev.net.clone();
+    let probe = dev.board.probe.clone();
+    let clock = kernel.clock();
     kernel
         .spawn(TaskSpec::world("pump.live"), async move {
             while let Some(msg) = from_io.recv().await {
                 match msg {
-                    ToKernel::Mqtt(text) => d.net.command_from_client(text),
+                    ToKernel::Mqtt(text) => net.command_from_client(text),
                     ToKernel::Command(c) => {
                         if let Some(cmd) = to_motion(c) {
                             if matches!(
                                 cmd,
                                 firmware_core::pump::dispense::MotionCommand::Dispense(_)
                             ) {
-                                d.board.probe.borrow_mut().command_sent = Some(d.clock.now());
+                                probe.borrow_mut().command_sent = Some(clock.now());
                             }
-                            let _ = (d.net.submit.borrow_mut())(cmd);
+                            let _ = (net.submit.borrow_mut())(cmd);
                         }
                     }
                     ToKernel::WsClients(delta) => {
-                        let n = (i64::from(d.net.ws_clients.get()) + i64::from(delta)).max(0);
-                        d.net.ws_clients.set(n as u32);
+                        let n = (i64::from(net.ws_clients.get()) + i64::from(delta)).max(0);
+                        net.ws_clients.set(n as u32);
                     }
                 }
             }
         })
         .detach();
     let clock = kernel.clock();
+    let (fw, net_fw) = (dev.fw.clone(), dev.net_fw.clone());
     kernel
         .spawn(TaskSpec::world("pump.live_status"), async move {
-            let mut pumps = dev.net_fw.pumps.dyn_anon_receiver();
+            let mut pumps = net_fw.pumps.dyn_anon_receiver();
             loop {
                 let now = clock.now();
                 let snapshot = pumps.try_get().unwrap_or_default();
-                let (normal, emergency) = dev.net_fw.outbox.with(|o| (o.len(), o.emergency_len()));
+                let (normal, emergency) = net_fw.outbox.with(|o| (o.len(), o.emergency_len()));
                 let stats = StatsReport::default();
                 let report = StatusReport {
                     timestamp_ms: now.as_millis(),
-                    priority: dev.fw.gov.get(),
+                    priority: fw.gov.get(),
                     snapshot: &snapshot,
                     uptime: now - Instant::ZERO,
                     queue_depth: (normal + emergency) as u16,
