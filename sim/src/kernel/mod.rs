@@ -23,8 +23,12 @@
 //!   suspends it and runs at once; the rest of the suspended slice runs afterwards, exactly as
 //!   an RTOS would finish the preempted work.
 //! * **Stats**: per task polls, run time, and wait time (ready but not running because its core
-//!   was busy); per core busy time in 10 ms buckets, for utilisation over any window.
+//!   was busy); per core busy time in 10 ms buckets, for utilisation over a recent window.
+//! * **Memory** does not grow with virtual time: the trace and the utilisation buckets keep a
+//!   bounded recent window ([`History`]); whatever needs the whole run registers an
+//!   [`Observer`] and sees every event, sample and scheduling decision as it happens.
 pub mod inbox;
+pub mod observe;
 pub mod pacing;
 pub mod time;
 pub mod trace;
@@ -41,9 +45,10 @@ use firmware_core::time::{Duration, Instant};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+pub use observe::{Observer, ObserverId, Sched, Wake};
 pub use pacing::LiveControl;
 pub use time::{SimClock, Sleep};
-pub use trace::{Event, Trace};
+pub use trace::{Event, History, Trace};
 
 /// Index of a simulated core.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,12 +124,16 @@ pub struct CoreStats {
     pub name: String,
     /// Total busy time.
     pub busy: Duration,
-    /// Busy microseconds per [`BUCKET`], from time zero.
+    /// Busy microseconds per [`BUCKET`], the recent ones kept by the kernel's [`History`]:
+    /// `buckets[i]` is bucket `first_bucket + i` counted from time zero.
     pub buckets: Vec<u32>,
+    /// Index (from time zero) of `buckets[0]`.
+    pub first_bucket: usize,
 }
 
 impl CoreStats {
-    /// Busy fraction over `[from, to)`, at bucket resolution.
+    /// Busy fraction over `[from, to)`, at bucket resolution. Buckets older than the kept
+    /// history count as idle: ask for windows inside it (or observe the run, as scenarios do).
     pub fn utilisation(&self, from: Instant, to: Instant) -> f64 {
         if to <= from {
             return 0.0;
@@ -135,8 +144,8 @@ impl CoreStats {
         let busy: u64 = self
             .buckets
             .iter()
-            .take(last)
-            .skip(first)
+            .take(last.saturating_sub(self.first_bucket))
+            .skip(first.saturating_sub(self.first_bucket))
             .map(|&u| u64::from(u))
             .sum();
         busy as f64 / ((last - first) as u64 * b) as f64
@@ -174,36 +183,81 @@ impl Ord for ReadyEntry {
     }
 }
 
+/// A slice on a core: whose, at what priority, until when.
+#[derive(Clone, Copy)]
+struct Slice {
+    task: TaskId,
+    priority: u8,
+    end: Instant,
+}
+
 struct CoreState {
+    id: CoreId,
     name: String,
-    /// The slice running now: its task's priority and when it ends.
-    active: Option<(u8, Instant)>,
-    /// Slices preempted by higher-priority work: priority and time still to run.
-    suspended: Vec<(u8, Duration)>,
+    /// The slice running now.
+    active: Option<Slice>,
+    /// Slices preempted by higher-priority work: task, priority and time still to run.
+    suspended: Vec<(TaskId, u8, Duration)>,
     ready: BinaryHeap<ReadyEntry>,
     busy: Duration,
-    buckets: Vec<u32>,
+    /// Recent busy microseconds per [`BUCKET`]; the first kept is bucket `buckets.dropped()`.
+    buckets: trace::Window<u32>,
 }
 
 struct TaskState {
     spec: TaskSpec,
     ready_since: Option<Instant>,
     stats: TaskStats,
+    /// A timer of this task fired and its wake is on the way (observed runs only).
+    timer_fired: bool,
 }
 
 impl CoreState {
-    /// Retire the active slice if it has ended, resuming suspended ones in turn.
-    fn settle(&mut self, now: Instant) {
+    /// Retire the active slice if it has ended, resuming suspended ones in turn. Reports
+    /// ends and resumptions to `obs` when someone observes scheduling.
+    fn settle(&mut self, now: Instant, obs: Option<&Shared>) {
         loop {
             match self.active {
-                Some((_, end)) if end > now => return,
-                _ => self.active = None,
+                Some(s) if s.end > now => return,
+                Some(s) => {
+                    self.active = None;
+                    report(
+                        obs,
+                        s.end,
+                        Sched::End {
+                            core: self.id,
+                            task: s.task,
+                        },
+                    );
+                }
+                None => {}
             }
             match self.suspended.pop() {
-                Some((priority, left)) => self.active = Some((priority, now + left)),
+                Some((task, priority, left)) => {
+                    self.active = Some(Slice {
+                        task,
+                        priority,
+                        end: now + left,
+                    });
+                    report(
+                        obs,
+                        now,
+                        Sched::Resume {
+                            core: self.id,
+                            task,
+                        },
+                    );
+                }
                 None => return,
             }
         }
+    }
+}
+
+/// Hand a scheduling decision to the observers (`obs` is `Some` only when someone wants them).
+fn report(obs: Option<&Shared>, at: Instant, s: Sched<'_>) {
+    if let Some(sh) = obs {
+        sh.trace.borrow().sched(at, &s);
     }
 }
 
@@ -217,10 +271,12 @@ struct Injector {
 /// State shared by the kernel, its clocks and its tasks (all on one thread).
 pub(crate) struct Shared {
     now: Cell<Instant>,
-    timers: RefCell<BTreeMap<(Instant, u64), std::task::Waker>>,
+    timers: RefCell<BTreeMap<(Instant, u64), (std::task::Waker, Option<TaskId>)>>,
     timer_seq: Cell<u64>,
     charge: Cell<Duration>,
     trace: RefCell<Trace>,
+    /// The task being polled now, so its timers know whose they are.
+    current: Cell<Option<TaskId>>,
 }
 
 /// The simulation kernel. See the module docs.
@@ -236,6 +292,9 @@ pub struct Kernel {
     /// `Some` in live mode: time follows the wall clock.
     pacer: Option<pacing::Pacer>,
     panics: Vec<String>,
+    history: History,
+    /// Whether an observer wants scheduling decisions (checked on every poll).
+    sched_observed: bool,
 }
 
 /// A spawned task: await it for its output, drop it to cancel it, or detach it.
@@ -275,15 +334,22 @@ pub enum RunEnd {
 }
 
 impl Kernel {
-    /// A kernel at time zero with the given seed, pacing virtually.
+    /// A kernel at time zero with the given seed, pacing virtually, keeping the default
+    /// recent [`History`].
     pub fn new(seed: u64) -> Self {
+        Kernel::with_history(seed, History::default())
+    }
+
+    /// A kernel that keeps `history` of its trace and utilisation in memory.
+    pub fn with_history(seed: u64, history: History) -> Self {
         Kernel {
             shared: Rc::new(Shared {
                 now: Cell::new(Instant::ZERO),
                 timers: RefCell::new(BTreeMap::new()),
                 timer_seq: Cell::new(0),
                 charge: Cell::new(Duration::ZERO),
-                trace: RefCell::new(Trace::default()),
+                trace: RefCell::new(Trace::new(history)),
+                current: Cell::new(None),
             }),
             injector: Arc::new(Injector {
                 queue: Mutex::new(VecDeque::new()),
@@ -297,7 +363,59 @@ impl Kernel {
             seed,
             pacer: None,
             panics: Vec::new(),
+            history,
+            sched_observed: false,
         }
+    }
+
+    /// Register `observer`: from now on it sees every event, sample and (if it wants them)
+    /// scheduling decision. It is told at once about the cores and tasks that exist.
+    pub fn observe(&mut self, observer: Rc<RefCell<dyn Observer>>) -> ObserverId {
+        if observer.borrow().wants_sched() {
+            let mut o = observer.borrow_mut();
+            let now = self.now();
+            for c in &self.cores {
+                o.sched(
+                    now,
+                    &Sched::Core {
+                        core: c.id,
+                        name: &c.name,
+                    },
+                );
+            }
+            for (i, t) in self.tasks.iter().enumerate() {
+                o.sched(
+                    now,
+                    &Sched::Spawn {
+                        task: TaskId(i),
+                        name: &t.spec.name,
+                        core: t.spec.core,
+                        priority: t.spec.priority,
+                    },
+                );
+            }
+        }
+        let mut trace = self.shared.trace.borrow_mut();
+        let id = trace.add_observer(observer);
+        self.sched_observed = trace.observes_sched();
+        id
+    }
+
+    /// Stop telling `id` anything. Returns whether it was registered.
+    pub fn unobserve(&mut self, id: ObserverId) -> bool {
+        let mut trace = self.shared.trace.borrow_mut();
+        let removed = trace.remove_observer(id);
+        self.sched_observed = trace.observes_sched();
+        removed
+    }
+
+    /// What this kernel keeps of its past.
+    pub fn history(&self) -> History {
+        self.history
+    }
+
+    fn observed(&self) -> Option<&Shared> {
+        self.sched_observed.then_some(&*self.shared)
     }
 
     /// The seed every random choice derives from.
@@ -342,15 +460,28 @@ impl Kernel {
 
     /// Add a simulated core.
     pub fn add_core(&mut self, name: impl Into<String>) -> CoreId {
+        let id = CoreId(self.cores.len());
         self.cores.push(CoreState {
+            id,
             name: name.into(),
             active: None,
             suspended: Vec::new(),
             ready: BinaryHeap::new(),
             busy: Duration::ZERO,
-            buckets: Vec::new(),
+            buckets: trace::Window::new(self.history.buckets),
         });
-        CoreId(self.cores.len() - 1)
+        let now = self.now();
+        if let Some(c) = self.cores.last() {
+            report(
+                self.observed(),
+                now,
+                Sched::Core {
+                    core: id,
+                    name: &c.name,
+                },
+            );
+        }
+        id
     }
 
     /// Spawn `future` as described by `spec`. Dropping the returned handle cancels the task;
@@ -366,6 +497,16 @@ impl Kernel {
             .and_then(|c| self.cores.get(c.0))
             .map(|c| c.name.clone())
             .unwrap_or_default();
+        report(
+            self.observed(),
+            self.now(),
+            Sched::Spawn {
+                task: id,
+                name: &spec.name,
+                core: spec.core,
+                priority: spec.priority,
+            },
+        );
         self.tasks.push(TaskState {
             stats: TaskStats {
                 name: spec.name.clone(),
@@ -374,6 +515,7 @@ impl Kernel {
             },
             spec,
             ready_since: None,
+            timer_fired: false,
         });
         let injector = self.injector.clone();
         let schedule = move |r: Runnable<Meta>| {
@@ -446,7 +588,8 @@ impl Kernel {
             .map(|c| CoreStats {
                 name: c.name.clone(),
                 busy: c.busy,
-                buckets: c.buckets.clone(),
+                buckets: c.buckets.as_slice().to_vec(),
+                first_bucket: c.buckets.dropped() as usize,
             })
             .collect()
     }
@@ -468,11 +611,22 @@ impl Kernel {
             _ => return,
         }
         let now = self.now();
+        let obs = self.sched_observed.then_some(&*self.shared);
         while let Some(r) = self.incoming.pop_front() {
             let id = r.metadata().task;
             let Some(task) = self.tasks.get_mut(id.0) else {
                 continue;
             };
+            if obs.is_some() {
+                let cause = if std::mem::take(&mut task.timer_fired) {
+                    Wake::Timer
+                } else if task.stats.polls == 0 {
+                    Wake::Spawn
+                } else {
+                    Wake::Other
+                };
+                report(obs, now, Sched::Ready { task: id, cause });
+            }
             match task.spec.core {
                 None => self.world.push_back(r),
                 Some(core) => {
@@ -495,17 +649,26 @@ impl Kernel {
     /// resumes afterwards). Returns whether it polled.
     fn run_one_core_slice(&mut self) -> bool {
         let now = self.now();
+        let obs = self.sched_observed.then_some(&*self.shared);
         for ci in 0..self.cores.len() {
             let core = &mut self.cores[ci];
-            core.settle(now);
+            core.settle(now, obs);
             let Some(best) = core.ready.peek().map(|e| e.priority) else {
                 continue;
             };
             match core.active {
                 None => {}
-                Some((running, end)) if best > running => {
-                    core.suspended.push((running, end - now));
+                Some(s) if best > s.priority => {
+                    core.suspended.push((s.task, s.priority, s.end - now));
                     core.active = None;
+                    report(
+                        obs,
+                        now,
+                        Sched::Preempt {
+                            core: core.id,
+                            task: s.task,
+                        },
+                    );
                 }
                 Some(_) => continue,
             }
@@ -521,7 +684,9 @@ impl Kernel {
         let id = r.metadata().task;
         let now = self.now();
         self.shared.charge.set(Duration::ZERO);
+        self.shared.current.set(Some(id));
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| r.run()));
+        self.shared.current.set(None);
         let charged = self.shared.charge.replace(Duration::ZERO);
         let Some(task) = self.tasks.get_mut(id.0) else {
             return;
@@ -540,10 +705,29 @@ impl Kernel {
             self.panics.push(text);
         }
         task.stats.polls += 1;
+        let obs = self.sched_observed.then_some(&*self.shared);
         let Some(core) = core else {
+            report(
+                obs,
+                now,
+                Sched::Poll {
+                    task: id,
+                    core: None,
+                    cost: Duration::ZERO,
+                },
+            );
             return;
         };
         let cost = task.spec.poll_cost + charged;
+        report(
+            obs,
+            now,
+            Sched::Poll {
+                task: id,
+                core: Some(core),
+                cost,
+            },
+        );
         if let Some(since) = task.ready_since.take() {
             let waited = now - since;
             task.stats.wait = task.stats.wait + waited;
@@ -553,11 +737,19 @@ impl Kernel {
         let priority = task.spec.priority;
         let c = &mut self.cores[core.0];
         if cost > Duration::ZERO {
-            c.active = Some((priority, now + cost));
+            c.active = Some(Slice {
+                task: id,
+                priority,
+                end: now + cost,
+            });
+        } else {
+            report(obs, now, Sched::End { core, task: id });
         }
-        c.settle(now);
+        c.settle(now, obs);
         c.busy = c.busy + cost;
-        add_to_buckets(&mut c.buckets, now, cost);
+        if self.history.buckets > 0 {
+            add_to_buckets(c, now, cost);
+        }
     }
 
     fn next_instant(&self) -> Option<Instant> {
@@ -567,7 +759,7 @@ impl Kernel {
             .cores
             .iter()
             .filter(|c| !c.ready.is_empty() || !c.suspended.is_empty())
-            .filter_map(|c| c.active.map(|(_, end)| end))
+            .filter_map(|c| c.active.map(|s| s.end))
             .min();
         match (timer, core) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -609,14 +801,23 @@ impl Kernel {
                 }
             };
             match entry {
-                Some((_, waker)) => waker.wake(),
+                Some((_, (waker, task))) => {
+                    if self.sched_observed
+                        && let Some(t) = task.and_then(|t| self.tasks.get_mut(t.0))
+                    {
+                        t.timer_fired = true;
+                    }
+                    waker.wake()
+                }
                 None => break,
             }
         }
     }
 }
 
-fn add_to_buckets(buckets: &mut Vec<u32>, start: Instant, cost: Duration) {
+/// Add a slice's cost to the core's buckets, contiguously from its start (a preempted slice is
+/// counted where it started: utilisation is a bucket-resolution figure).
+fn add_to_buckets(c: &mut CoreState, start: Instant, cost: Duration) {
     let b = BUCKET.as_micros();
     let mut t = start.as_micros();
     let end = t + cost.as_micros();
@@ -624,10 +825,20 @@ fn add_to_buckets(buckets: &mut Vec<u32>, start: Instant, cost: Duration) {
         let idx = (t / b) as usize;
         let bucket_end = (idx as u64 + 1) * b;
         let part = end.min(bucket_end) - t;
-        if buckets.len() <= idx {
-            buckets.resize(idx + 1, 0);
+        // Extend to `idx`; the window drops the oldest buckets when it is full, and a gap
+        // longer than the whole window starts it afresh.
+        let first = c.buckets.dropped() as usize;
+        let len = c.buckets.as_slice().len();
+        if idx >= first + len + c.buckets.capacity() {
+            c.buckets.skip_to(idx as u64);
         }
-        buckets[idx] = buckets[idx].saturating_add(part as u32);
+        while c.buckets.dropped() as usize + c.buckets.as_slice().len() <= idx {
+            c.buckets.push(0);
+        }
+        let first = c.buckets.dropped() as usize;
+        if let Some(slot) = c.buckets.as_mut_slice().get_mut(idx - first) {
+            *slot = slot.saturating_add(part as u32);
+        }
         t += part;
     }
 }

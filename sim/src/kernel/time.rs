@@ -83,19 +83,20 @@ impl Future for Sleep {
         match self.key {
             Some(key) => {
                 // Still pending: keep the newest waker (the task may have moved the future).
-                if let Some(w) = timers.get_mut(&key) {
+                if let Some((w, _)) = timers.get_mut(&key) {
                     if !w.will_wake(cx.waker()) {
                         *w = cx.waker().clone();
                     }
                 } else {
-                    timers.insert(key, cx.waker().clone());
+                    timers.insert(key, (cx.waker().clone(), self.shared.current.get()));
                 }
             }
             None => {
                 let seq = self.shared.timer_seq.get();
                 self.shared.timer_seq.set(seq + 1);
                 let key = (self.deadline, seq);
-                timers.insert(key, cx.waker().clone());
+                // Whose timer it is, so an observer can tell a delay from other waits.
+                timers.insert(key, (cx.waker().clone(), self.shared.current.get()));
                 drop(timers);
                 self.key = Some(key);
             }

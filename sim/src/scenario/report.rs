@@ -6,11 +6,8 @@ use firmware_core::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::TestCase;
-use super::run::TestResult;
+use super::run::{CONTEXT_EVENTS, TestResult};
 use crate::kernel::trace::fmt_time;
-
-/// Events shown on each side of a mismatch's focus.
-const CONTEXT_EVENTS: usize = 6;
 
 /// A human explanation of a failed test: each failed expectation as it is written in the file,
 /// what was observed, and the trace around the instant it points at.

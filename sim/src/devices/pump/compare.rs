@@ -15,7 +15,7 @@ use rand::Rng;
 
 use super::{Arch, PumpDevice, PumpSpec, build};
 use crate::devices::Device;
-use crate::kernel::{Kernel, rng_for};
+use crate::kernel::{History, Kernel, rng_for};
 
 /// Why a comparison could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,8 @@ fn table(pairs: &[(&str, toml::Value)]) -> toml::Table {
 
 /// Run the workload of `seed` on `arch` for `seconds` and measure it.
 pub fn run_once(arch: Arch, seed: u64, seconds: u64) -> RunValues {
-    let mut kernel = Kernel::new(seed);
+    // The whole run's utilisation and series are read at the end: keep all of it.
+    let mut kernel = Kernel::with_history(seed, History::ALL);
     let spec = PumpSpec::default_spec().with_arch(arch);
     let mut dev: PumpDevice = build(&spec, "cmp", &mut kernel);
     let mut rng = rng_for(seed, "compare.workload");
