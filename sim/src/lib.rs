@@ -6,4 +6,5 @@ pub mod devices;
 pub mod kernel;
 pub mod live;
 pub mod periph;
+pub mod report;
 pub mod scenario;

@@ -8,10 +8,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use clap::{Parser, Subcommand};
 use firmware_core::time::{Duration, Instant};
 use sim::live;
-use sim::scenario::{self, TestCase, duration::parse_duration, report, run};
+use sim::report::progress::{Progress, Verbosity, bad, good};
+use sim::scenario::{self, TestCase, duration::parse_duration, report, run, suite};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +25,12 @@ use sim::scenario::{self, TestCase, duration::parse_duration, report, run};
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Print only failures and summaries (no progress bar).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Print more: every expectation's observed value, per-run detail, firmware logs at `info`.
+    #[arg(long, short, global = true, conflicts_with = "quiet")]
+    verbose: bool,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +96,9 @@ struct RunArgs {
     /// Print core utilisation every virtual second.
     #[arg(long)]
     stats: bool,
+    /// Write the run's timeline as a Chrome/Perfetto trace-event file (streamed while it runs).
+    #[arg(long)]
+    trace: Option<PathBuf>,
 }
 
 impl Default for RunArgs {
@@ -104,6 +116,7 @@ impl Default for RunArgs {
             broker: None,
             arch: None,
             stats: false,
+            trace: None,
         }
     }
 }
@@ -122,6 +135,20 @@ struct ScenarioArgs {
     /// Write JUnit XML here.
     #[arg(long)]
     junit: Option<PathBuf>,
+    /// Run only this test (`test` or `test/variant`), or else the tests whose names contain
+    /// this text.
+    #[arg(long = "test")]
+    filter: Option<String>,
+    /// Run this many tests at once (results are printed in file order all the same).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Write the run's timeline as a Chrome/Perfetto trace-event file (several tests: one file
+    /// each, named after the test next to this path).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// Write one self-contained HTML page per run, with plots, and an index, into this folder.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -129,8 +156,11 @@ fn main() -> ExitCode {
     // Scenario and comparison runs record what the firmware logs in their trace already;
     // printing it too would bury the report. `RUST_LOG` still overrides.
     // rumqttd logs a client that connects and hangs up (a port probe) as an error: not news.
-    let default_filter = match cli.command {
-        Some(Command::Scenario(_) | Command::Compare(_)) => "off",
+    let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
+    let default_filter = match (&cli.command, verbosity) {
+        (Some(Command::Scenario(_) | Command::Compare(_)), Verbosity::Verbose) => "info",
+        (Some(Command::Scenario(_) | Command::Compare(_)), _) => "off",
+        (_, Verbosity::Verbose) => "info,rumqttd=warn",
         _ => "warn,rumqttd=off",
     };
     tracing_subscriber::fmt()
@@ -138,11 +168,12 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
-        Command::Scenario(args) => scenario_command(args),
-        Command::Compare(args) => match sim::devices::pump::compare::command(&args) {
+        Command::Scenario(args) => scenario_command(args, verbosity),
+        Command::Compare(args) => match compare_command(&args, verbosity) {
             Ok(table) => {
                 println!("{table}");
                 ExitCode::SUCCESS
@@ -169,12 +200,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn scenario_command(args: ScenarioArgs) -> ExitCode {
+fn scenario_command(args: ScenarioArgs, verbosity: Verbosity) -> ExitCode {
     // Load and check everything first: an invalid file means nothing runs.
     let mut cases: Vec<TestCase> = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
     let mut invalid = false;
     for path in &args.paths {
-        let files = match scenario::collect_files(path) {
+        let found = match scenario::collect_files(path) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("error: {}: {e}", path.display());
@@ -182,9 +214,12 @@ fn scenario_command(args: ScenarioArgs) -> ExitCode {
                 continue;
             }
         };
-        for file in files {
+        for file in found {
             match scenario::load_file(&file) {
-                Ok(c) => cases.extend(c),
+                Ok(c) => {
+                    cases.extend(c);
+                    files.push(file);
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     invalid = true;
@@ -196,29 +231,81 @@ fn scenario_command(args: ScenarioArgs) -> ExitCode {
         eprintln!("no scenario was run: fix the files above first");
         return ExitCode::from(2);
     }
-    let results = run::run_all(&cases, args.seed);
-    let runs: Vec<(&TestCase, &run::TestResult)> = cases.iter().zip(&results).collect();
-    for (case, r) in &runs {
-        let tag = match (r.passed, case.is_variant()) {
-            (true, false) => "ok  ",
-            (true, true) => "ok  (variant caught)",
-            (false, _) => "FAIL",
-        };
-        println!(
-            "{tag} {} :: {}  [{} ms virtual, {} ms wall, seed {}, trace {:016x}]",
-            case.file.display(),
-            r.name,
-            r.virtual_ms,
-            r.wall_ms,
-            r.seed,
-            r.trace_hash
-        );
-        if !r.passed {
-            println!("{}", report::explain_failure(case, r));
+    if let Some(filter) = &args.filter {
+        // An exact name picks that test alone (not its variants); otherwise a substring.
+        let exact = cases.iter().any(|c| c.full_name() == *filter);
+        cases.retain(|c| {
+            let name = c.full_name();
+            if exact {
+                name == *filter
+            } else {
+                name.contains(filter.as_str())
+            }
+        });
+        if cases.is_empty() {
+            eprintln!("error: no test name contains `{filter}`");
+            return ExitCode::from(2);
         }
     }
-    let failed = results.iter().filter(|r| !r.passed).count();
-    println!("{} passed, {} failed", results.len() - failed, failed);
+    if let Some(dir) = &args.report
+        && let Err(e) = std::fs::create_dir_all(dir)
+    {
+        eprintln!("error: cannot create {}: {e}", dir.display());
+        return ExitCode::from(2);
+    }
+    let options = suite::SuiteOptions {
+        seed: args.seed,
+        jobs: args.jobs.max(1),
+        trace: args.trace.clone(),
+        report: args.report.clone(),
+    };
+    // Workers reload the files and must see the same cases: they keep exactly these.
+    let wanted: Vec<(PathBuf, String)> = cases
+        .iter()
+        .map(|c| (c.file.clone(), c.full_name()))
+        .collect();
+    let mut progress = Progress::new(cases.len() as u64, "scenarios", verbosity);
+    let mut write_failed = false;
+    let finished = run_selected(&files, &cases, &wanted, &options, |case, f| {
+        let r = &f.result;
+        for e in &f.write_errors {
+            eprintln!("error: {e}");
+            write_failed = true;
+        }
+        let tag = match (r.passed, case.is_variant()) {
+            (true, false) => good("ok  "),
+            (true, true) => good("ok  (variant caught)"),
+            (false, _) => bad("FAIL"),
+        };
+        if !r.passed || verbosity > Verbosity::Quiet {
+            progress.line(&format!(
+                "{tag} {} :: {}  [{} ms virtual, {} ms wall, seed {}, trace {:016x}]",
+                case.file.display(),
+                r.name,
+                r.virtual_ms,
+                r.wall_ms,
+                r.seed,
+                r.trace_hash
+            ));
+        }
+        if verbosity == Verbosity::Verbose {
+            for v in &r.verdicts {
+                progress.line(&format!(
+                    "       {} {}: {}",
+                    if v.passed { "held" } else { "FAILED" },
+                    v.label,
+                    v.observed
+                ));
+            }
+        }
+        if !r.passed {
+            progress.line(&report::explain_failure(case, r));
+        }
+        progress.step(&r.name);
+    });
+    progress.finish();
+    let failed = finished.iter().filter(|f| !f.result.passed).count();
+    println!("{} passed, {} failed", finished.len() - failed, failed);
     let write = |path: &PathBuf, text: String| {
         if let Err(e) = std::fs::write(path, text) {
             eprintln!("error: cannot write {}: {e}", path.display());
@@ -227,13 +314,33 @@ fn scenario_command(args: ScenarioArgs) -> ExitCode {
             true
         }
     };
-    let mut ok = true;
+    let mut ok = !write_failed;
+    let runs: Vec<(&TestCase, &run::TestResult)> = finished
+        .iter()
+        .filter_map(|f| Some((cases.get(f.index)?, &f.result)))
+        .collect();
     if let Some(p) = &args.json {
         let text = serde_json::to_string_pretty(&report::json_report(&runs)).unwrap_or_default();
         ok &= write(p, text);
     }
     if let Some(p) = &args.junit {
         ok &= write(p, report::junit_report(&runs));
+    }
+    if let Some(dir) = &args.report {
+        match suite::write_index(dir, &cases, &finished) {
+            Ok(()) => {
+                if verbosity > Verbosity::Quiet {
+                    println!("report: {}", dir.join("index.html").display());
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: cannot write {}: {e}",
+                    dir.join("index.html").display()
+                );
+                ok = false;
+            }
+        }
     }
     if !ok {
         ExitCode::from(2)
@@ -242,6 +349,28 @@ fn scenario_command(args: ScenarioArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Run the `wanted` tests of `files` (`cases` holds exactly those, in file order).
+fn run_selected(
+    files: &[PathBuf],
+    cases: &[TestCase],
+    wanted: &[(PathBuf, String)],
+    options: &suite::SuiteOptions,
+    done: impl FnMut(&TestCase, &suite::Finished),
+) -> Vec<suite::Finished> {
+    suite::run_suite(files, cases, wanted, options, done)
+}
+
+fn compare_command(
+    args: &sim::devices::pump::compare::CompareArgs,
+    verbosity: Verbosity,
+) -> Result<String, sim::devices::pump::compare::CompareError> {
+    sim::devices::pump::compare::command(args).inspect(|_| {
+        if verbosity == Verbosity::Verbose {
+            eprintln!("compare: wrote {}", args.out.display());
+        }
+    })
 }
 
 fn console_command(args: ConsoleArgs) -> anyhow::Result<()> {
@@ -294,10 +423,11 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         broker: args.broker,
         arch: args.arch,
     };
-    live::run(
+    live::run_traced(
         options,
         chosen,
         until,
         args.stats.then(|| Duration::from_secs(1)),
+        args.trace.as_deref(),
     )
 }

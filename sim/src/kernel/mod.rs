@@ -268,10 +268,13 @@ struct Injector {
     thread: std::thread::Thread,
 }
 
+/// Pending timers by (deadline, registration number): the waker, and whose timer it is.
+type Timers = BTreeMap<(Instant, u64), (std::task::Waker, Option<TaskId>)>;
+
 /// State shared by the kernel, its clocks and its tasks (all on one thread).
 pub(crate) struct Shared {
     now: Cell<Instant>,
-    timers: RefCell<BTreeMap<(Instant, u64), (std::task::Waker, Option<TaskId>)>>,
+    timers: RefCell<Timers>,
     timer_seq: Cell<u64>,
     charge: Cell<Duration>,
     trace: RefCell<Trace>,

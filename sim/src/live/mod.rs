@@ -150,6 +150,11 @@ pub struct Session {
     controller: Controller,
     services: BTreeMap<String, String>,
     options: LiveOptions,
+    /// The timeline being written, if any ([`Session::start_trace`]).
+    trace: Option<(
+        std::rc::Rc<std::cell::RefCell<crate::report::perfetto::TraceWriter>>,
+        crate::kernel::ObserverId,
+    )>,
 }
 
 impl Session {
@@ -199,7 +204,33 @@ impl Session {
             controller,
             services,
             options,
+            trace: None,
         })
+    }
+
+    /// Start writing the run's timeline to `path` (a Chrome/Perfetto trace-event file,
+    /// streamed; see [`crate::report::perfetto`]). A trace already being written is finished
+    /// first.
+    pub fn start_trace(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        self.stop_trace()?;
+        let writer = std::rc::Rc::new(std::cell::RefCell::new(
+            crate::report::perfetto::TraceWriter::create(path)?,
+        ));
+        let id = self.kernel.observe(writer.clone());
+        self.trace = Some((writer, id));
+        Ok(())
+    }
+
+    /// Finish the timeline being written, if any, and return its path.
+    pub fn stop_trace(&mut self) -> anyhow::Result<Option<PathBuf>> {
+        let Some((writer, id)) = self.trace.take() else {
+            return Ok(None);
+        };
+        self.kernel.unobserve(id);
+        let now = self.kernel.now();
+        let mut w = writer.borrow_mut();
+        w.finish(now)?;
+        Ok(Some(w.path().to_owned()))
     }
 
     /// The names of the running twins, in start order.
@@ -238,7 +269,8 @@ impl Session {
     }
 
     /// Let every twin flush its state, then stop the I/O runtime.
-    pub fn shutdown(self) -> anyhow::Result<()> {
+    pub fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop_trace()?;
         for (_, h) in self.handles.borrow_mut().iter_mut() {
             h.shutdown()?;
         }
@@ -255,7 +287,21 @@ pub fn run(
     until: Option<Instant>,
     report_every: Option<Duration>,
 ) -> anyhow::Result<()> {
+    run_traced(options, twins, until, report_every, None)
+}
+
+/// [`run`], writing the timeline to `trace` if given (`twin run --trace FILE.json`).
+pub fn run_traced(
+    options: LiveOptions,
+    twins: Vec<Box<dyn LiveTwin>>,
+    until: Option<Instant>,
+    report_every: Option<Duration>,
+    trace: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let mut session = Session::start(options, twins)?;
+    if let Some(path) = trace {
+        session.start_trace(path)?;
+    }
     println!(
         "Twinbench live twin [{}]: speed {}x, seed {}. Ctrl-C stops; type `help` for commands.",
         session.names().join(", "),

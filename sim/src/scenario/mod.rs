@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod report;
 pub mod run;
+pub mod suite;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -61,6 +62,8 @@ pub struct TestCase {
     pub duration: Duration,
     /// Devices by name.
     pub devices: Vec<(String, Rc<dyn DeviceSpec>)>,
+    /// Each device's kind (`pdu`, `pump`, `demo.cores`, …), by name.
+    pub kinds: BTreeMap<String, String>,
     /// Actions in time order.
     pub steps: Vec<Step>,
     /// What must hold.
@@ -377,6 +380,7 @@ fn build_case(
 
     // Devices, with the variant's overrides merged in.
     let mut devices: Vec<(String, Rc<dyn DeviceSpec>)> = Vec::new();
+    let mut kinds = BTreeMap::new();
     for (name, table) in &t.devices {
         let mut table = table.get_ref().clone();
         if let Some(v) = variant
@@ -406,6 +410,7 @@ fn build_case(
             )
         })?;
         devices.push((name.clone(), Rc::from(spec)));
+        kinds.insert(name.clone(), kind);
     }
     if let Some(v) = variant {
         for key in v.devices.keys() {
@@ -458,6 +463,7 @@ fn build_case(
         seed: variant.and_then(|v| v.seed).unwrap_or(t.seed),
         duration,
         devices,
+        kinds,
         steps,
         expects,
     })

@@ -572,10 +572,14 @@ fn cpu_core(metric: &str) -> Option<&str> {
 /// Events shown on each side of a failure's focus.
 pub const CONTEXT_EVENTS: usize = 6;
 
+type Focus = (Instant, VecDeque<(u64, Event)>, Vec<(u64, Event)>);
+
 /// Captures the events around known instants: for each, the [`CONTEXT_EVENTS`] before it and
 /// the [`CONTEXT_EVENTS`] from it on.
 struct Context {
-    foci: Vec<(Instant, VecDeque<(u64, Event)>, Vec<(u64, Event)>)>,
+    /// Per focus: the events before it (the last few) and from it on (the first few), each
+    /// with its sequence number in the trace.
+    foci: Vec<Focus>,
     seen: u64,
 }
 
