@@ -2,6 +2,7 @@
 //! simulated parts, scenarios as data, and the live twin's services.
 //!
 //! See `docs/architecture.md` for the data flow.
+pub mod bench;
 pub mod devices;
 pub mod kernel;
 pub mod live;

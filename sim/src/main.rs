@@ -5,6 +5,7 @@
 //!   1 when an expectation fails, 2 on invalid input.
 //! * `twin console pdu --ready-file F`: a running twin's console on stdin/stdout.
 //! * `twin compare --seeds N`: the pump controller's architecture options side by side.
+//! * `twin bench [--smoke]`: speed and memory figures with their goals, as JSON.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -43,6 +44,8 @@ enum Command {
     Console(ConsoleArgs),
     /// Compare the pump controller's architecture options across seeds.
     Compare(sim::devices::pump::compare::CompareArgs),
+    /// Measure speed and memory against the goals (JSON on stdout).
+    Bench(sim::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -176,6 +179,16 @@ fn main() -> ExitCode {
         Command::Compare(args) => match compare_command(&args, verbosity) {
             Ok(table) => {
                 println!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Bench(args) => match sim::bench::command(&args, verbosity) {
+            Ok(json) => {
+                println!("{json}");
                 ExitCode::SUCCESS
             }
             Err(e) => {

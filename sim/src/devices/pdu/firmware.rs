@@ -173,7 +173,7 @@ impl Power {
         poll_fn(|cx| match f(self) {
             Some(v) => Poll::Ready(v),
             None => {
-                self.wakers.borrow_mut().push(cx.waker().clone());
+                register(&self.wakers, cx.waker());
                 Poll::Pending
             }
         })
@@ -189,6 +189,15 @@ impl Power {
     async fn changed(&self, generation: u64) {
         self.until(|p| (p.generation.get() != generation).then_some(0))
             .await;
+    }
+}
+
+/// Remember `waker` once: a task that is polled again while still waiting (it selects over
+/// other futures too) must not add itself again, or the list grows with every poll.
+fn register(wakers: &RefCell<Vec<Waker>>, waker: &Waker) {
+    let mut list = wakers.borrow_mut();
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
     }
 }
 
@@ -291,7 +300,7 @@ impl Shared {
             if self.hung.borrow().iter().any(|h| h == name) {
                 Poll::Ready(())
             } else {
-                self.hang_wakers.borrow_mut().push(cx.waker().clone());
+                register(&self.hang_wakers, cx.waker());
                 Poll::Pending
             }
         })
@@ -493,7 +502,7 @@ pub fn spawn_device(kernel: &mut Kernel, sh: Rc<Shared>, priorities: &[(String, 
                     if s.reboot.replace(false) {
                         Poll::Ready(())
                     } else {
-                        s.reboot_wakers.borrow_mut().push(cx.waker().clone());
+                        register(&s.reboot_wakers, cx.waker());
                         Poll::Pending
                     }
                 })
