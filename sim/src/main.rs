@@ -161,8 +161,11 @@ fn main() -> ExitCode {
     // rumqttd logs a client that connects and hangs up (a port probe) as an error: not news.
     let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
     let default_filter = match (&cli.command, verbosity) {
-        (Some(Command::Scenario(_) | Command::Compare(_)), Verbosity::Verbose) => "info",
-        (Some(Command::Scenario(_) | Command::Compare(_)), _) => "off",
+        (
+            Some(Command::Scenario(_) | Command::Compare(_) | Command::Bench(_)),
+            Verbosity::Verbose,
+        ) => "info",
+        (Some(Command::Scenario(_) | Command::Compare(_) | Command::Bench(_)), _) => "off",
         (_, Verbosity::Verbose) => "info,rumqttd=warn",
         _ => "warn,rumqttd=off",
     };

@@ -3,7 +3,8 @@
 //! It installs what it needs itself (rustup targets and components; the Debian packages of the
 //! tools the live tests use, when run as root), then runs formatting,
 //! clippy, every test (which include each scenario file), the scenario suite through the `twin`
-//! CLI with JSON and JUnit reports, the firmware-core cross builds and the two board firmwares. Steps stop at the first
+//! CLI with JSON and JUnit reports, a smoke run of `twin bench`, the firmware-core cross builds
+//! and the two board firmwares. Steps stop at the first
 //! failure and the exit code says so.
 use std::process::Command;
 use std::time::Instant;
@@ -46,6 +47,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("socat", "socat"),
     ("picocom", "picocom"),
     ("chromium", "chromium"),
+    // `script` gives the progress-bar test its pseudo-terminal.
+    ("script", "bsdutils"),
 ];
 
 fn ci() -> Result<()> {
@@ -85,6 +88,24 @@ fn ci() -> Result<()> {
             path_str(&json)?,
             "--junit",
             path_str(&junit)?,
+        ],
+    )?;
+    // A few seconds of every benchmark figure, so the harness cannot rot (`twin bench` is the
+    // full run; its figures are in docs/performance.md).
+    step(
+        "bench smoke",
+        "cargo",
+        &[
+            "run",
+            "--quiet",
+            "-p",
+            "sim",
+            "--",
+            "bench",
+            "--smoke",
+            "--quiet",
+            "--json",
+            path_str(&reports.join("bench-smoke.json"))?,
         ],
     )?;
     for target in TARGETS {

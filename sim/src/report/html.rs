@@ -180,6 +180,12 @@ fn figure(out: &mut String, svg: &str, caption: &str) {
     );
 }
 
+/// The one value every point has, if they all have the same.
+fn constant(points: &Points) -> Option<f64> {
+    let first = points.first()?.1;
+    points.iter().all(|p| p.1 == first).then_some(first)
+}
+
 fn unit_of(metric: &str) -> &'static str {
     if metric.ends_with("_us") {
         "µs"
@@ -289,7 +295,22 @@ fn plots(b: &mut String, data: &Collector) {
         .collect();
     if !queues.is_empty() {
         b.push_str("<h2>Queues</h2>\n");
-        for name in queues {
+        let (flat, varying): (Vec<&String>, Vec<&String>) = queues
+            .into_iter()
+            .partition(|n| constant(&data.metric_max(n)).is_some());
+        if !flat.is_empty() {
+            b.push_str("<p>Constant throughout: ");
+            let items: Vec<String> = flat
+                .iter()
+                .map(|n| {
+                    let v = constant(&data.metric_max(n)).unwrap_or_default();
+                    format!("<code>{}</code> = {v}", escape(n))
+                })
+                .collect();
+            b.push_str(&items.join(", "));
+            b.push_str("</p>\n");
+        }
+        for name in varying {
             figure(
                 b,
                 &line_chart(
