@@ -32,7 +32,9 @@ fn main() {
     } else if target.starts_with("riscv32") {
         RISCV
     } else {
-        panic!("qemu-tests builds for thumbv6m-none-eabi or riscv32imac-unknown-none-elf, not {target}");
+        panic!(
+            "qemu-tests builds for thumbv6m-none-eabi or riscv32imac-unknown-none-elf, not {target}"
+        );
     };
     fs::write(out.join("memory.x"), memory).expect("write memory.x");
     println!("cargo:rustc-link-search={}", out.display());

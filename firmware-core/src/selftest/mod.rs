@@ -21,6 +21,10 @@
 //! needs.)
 //!
 //! Compiled for `cargo test` and with the `selftest` feature (never on a board).
+// A case returns once; the room for a readable failure message matters more than the size of
+// its `Result`.
+#![allow(clippy::result_large_err)]
+
 use core::fmt::{self, Write as _};
 
 // mod console;

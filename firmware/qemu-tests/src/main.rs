@@ -11,6 +11,8 @@
 //! `#[test]`s.
 #![no_std]
 #![no_main]
+// The cases' `Result` carries a readable failure message (see `firmware_core::selftest`).
+#![allow(clippy::result_large_err)]
 
 use firmware_core::selftest::{self, Case};
 use semihosting::println;
@@ -77,13 +79,13 @@ fn run() -> ! {
 
 #[cfg(any(feature = "force-fail", feature = "force-hang"))]
 mod lane {
-    use firmware_core::selftest::{Outcome, check_eq};
+    use firmware_core::selftest::Outcome;
 
     #[cfg(feature = "force-fail")]
     pub fn forced_failure() -> Outcome {
         // Through a black box, so the check is evaluated at run time on the target.
         let two = core::hint::black_box(2);
-        check_eq!(two + two, 5, "the lane must report this");
+        firmware_core::selftest::check_eq!(two + two, 5, "the lane must report this");
         Ok(())
     }
 
