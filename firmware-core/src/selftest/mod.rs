@@ -31,11 +31,11 @@ use core::fmt::{self, Write as _};
 mod core_types;
 // mod dispense;
 // mod http;
-// mod meter;
+mod meter;
 // mod outbox;
 // mod snmp;
 // mod storage;
-// mod switch;
+mod switch;
 
 /// Why a case failed: where, and what the check saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +112,8 @@ impl fmt::Display for Case {
 /// Every area's cases, in the order the target runner runs them.
 const AREAS: &[&[Case]] = &[
     core_types::CASES,
-    // meter::CASES,
-    // switch::CASES,
+    meter::CASES,
+    switch::CASES,
     // storage::CASES,
     // snmp::CASES,
     // http::CASES,
