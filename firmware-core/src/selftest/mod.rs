@@ -34,7 +34,7 @@ mod core_types;
 mod meter;
 // mod outbox;
 // mod snmp;
-// mod storage;
+mod storage;
 mod switch;
 
 /// Why a case failed: where, and what the check saw.
@@ -114,7 +114,7 @@ const AREAS: &[&[Case]] = &[
     core_types::CASES,
     meter::CASES,
     switch::CASES,
-    // storage::CASES,
+    storage::CASES,
     // snmp::CASES,
     // http::CASES,
     // console::CASES,
