@@ -27,7 +27,7 @@
 
 use core::fmt::{self, Write as _};
 
-// mod console;
+mod console;
 mod core_types;
 // mod dispense;
 // mod http;
@@ -117,7 +117,7 @@ const AREAS: &[&[Case]] = &[
     storage::CASES,
     // snmp::CASES,
     // http::CASES,
-    // console::CASES,
+    console::CASES,
     // outbox::CASES,
     // dispense::CASES,
 ];

@@ -20,14 +20,14 @@ cases![
     a_damaged_slot_falls_back_to_the_other_one,
 ];
 
-type Store = Storage<MockEeprom, NoDelay>;
+pub(super) type Store = Storage<MockEeprom, NoDelay>;
 
-fn store_on(part: MockEeprom) -> Store {
+pub(super) fn store_on(part: MockEeprom) -> Store {
     Storage::new(Cat24c256::new(part, NoDelay::default(), DEFAULT_ADDRESS))
 }
 
 /// Power off and on: the same part, a fresh firmware.
-fn reboot(store: Store) -> Store {
+pub(super) fn reboot(store: Store) -> Store {
     let (mut part, _) = store.release().release();
     part.power_on();
     store_on(part)

@@ -1,9 +1,11 @@
 //! SwitchTask's policy engine (`SwitchCore`): priorities, interlocks, over-current protection
 //! and the safe state, driven through its sans-IO interface as the runner drives it, with every
-//! relay write acknowledged.
+//! relay write acknowledged. The helpers here also stand in for SwitchTask behind the
+//! front-ends' cases (console, HTTP, SNMP).
 use super::{Failure, Outcome, cases, check, check_eq, check_ok};
+use crate::pdu::ChannelTelemetry;
 use crate::pdu::config::PduConfig;
-use crate::pdu::frontend::{OcpState, SwitchState};
+use crate::pdu::frontend::{OcpState, Snapshot, SwitchState};
 use crate::pdu::mcp23017::Port;
 use crate::pdu::switch::{CLAIM_HOLD, Expander, IoOutcome, SwitchCore, reason};
 use crate::pdu::{
@@ -27,7 +29,7 @@ fn outlet(n: u8) -> Result<Outlet, Failure> {
 }
 
 /// A core booted with `config` and its boot writes done.
-fn ready(config: &PduConfig) -> Result<SwitchCore, Failure> {
+pub(super) fn ready(config: &PduConfig) -> Result<SwitchCore, Failure> {
     let (mut core, _) = SwitchCore::boot_from(config, ms(0));
     settle(&mut core, ms(0))?;
     while core.poll_reply().is_some() {}
@@ -38,7 +40,7 @@ fn ready(config: &PduConfig) -> Result<SwitchCore, Failure> {
 
 /// Acknowledge every write the core asks for, as the runner does after each input; returns the
 /// last relay latch value written.
-fn settle(core: &mut SwitchCore, now: Instant) -> Result<Option<u8>, Failure> {
+pub(super) fn settle(core: &mut SwitchCore, now: Instant) -> Result<Option<u8>, Failure> {
     let mut relay = None;
     for _ in 0..32 {
         core.handle_timeout(now);
@@ -67,6 +69,44 @@ fn ask(
     check_eq!(reply.token, request.token);
     check!(core.poll_reply().is_none(), "more than one reply");
     Ok(reply)
+}
+
+/// What a front-end's runner does with an `Intent::Switch`: SwitchTask's reply to `request`.
+pub(super) fn forward(
+    core: &mut SwitchCore,
+    request: SwitchRequest,
+    now: Instant,
+) -> Result<SwitchReply, Failure> {
+    ask(core, request, now)
+}
+
+/// The front-ends' view of a PDU running `core` with `config`.
+pub(super) fn snapshot(core: &SwitchCore, config: &PduConfig, now: Instant) -> Snapshot {
+    let mut serial = heapless::String::new();
+    let _ = serial.push_str("SN-0000042");
+    let mut telemetry = [ChannelTelemetry::default(); CHANNELS];
+    for (i, t) in telemetry.iter_mut().enumerate() {
+        t.voltage_v = 230.0;
+        t.current_a = if core.relays().0 & (1 << i) != 0 {
+            0.25
+        } else {
+            0.0
+        };
+        t.power_w = 230.0 * t.current_a;
+    }
+    Snapshot {
+        uptime_ms: now.as_millis(),
+        outlets: core.relays(),
+        switch_state: core.state(),
+        telemetry,
+        ocp: core.ocp_status(),
+        temperature_c: 31.5,
+        supply_v: 12.0,
+        usb_v: 5.0,
+        serial,
+        firmware_version: "selftest",
+        config: config.clone(),
+    }
 }
 
 fn set(source: Source, n: u8, on: bool, token: u32) -> Result<SwitchRequest, Failure> {
