@@ -30,7 +30,7 @@ use core::fmt::{self, Write as _};
 mod console;
 mod core_types;
 // mod dispense;
-// mod http;
+mod http;
 mod meter;
 // mod outbox;
 // mod snmp;
@@ -116,7 +116,7 @@ const AREAS: &[&[Case]] = &[
     switch::CASES,
     storage::CASES,
     // snmp::CASES,
-    // http::CASES,
+    http::CASES,
     console::CASES,
     // outbox::CASES,
     // dispense::CASES,
