@@ -33,7 +33,7 @@ mod core_types;
 mod http;
 mod meter;
 // mod outbox;
-// mod snmp;
+mod snmp;
 mod storage;
 mod switch;
 
@@ -115,7 +115,7 @@ const AREAS: &[&[Case]] = &[
     meter::CASES,
     switch::CASES,
     storage::CASES,
-    // snmp::CASES,
+    snmp::CASES,
     http::CASES,
     console::CASES,
     // outbox::CASES,
