@@ -32,7 +32,7 @@ mod core_types;
 // mod dispense;
 mod http;
 mod meter;
-// mod outbox;
+mod outbox;
 mod snmp;
 mod storage;
 mod switch;
@@ -118,7 +118,7 @@ const AREAS: &[&[Case]] = &[
     snmp::CASES,
     http::CASES,
     console::CASES,
-    // outbox::CASES,
+    outbox::CASES,
     // dispense::CASES,
 ];
 
