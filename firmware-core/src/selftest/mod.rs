@@ -29,7 +29,7 @@ use core::fmt::{self, Write as _};
 
 mod console;
 mod core_types;
-// mod dispense;
+mod dispense;
 mod http;
 mod meter;
 mod outbox;
@@ -119,7 +119,7 @@ const AREAS: &[&[Case]] = &[
     http::CASES,
     console::CASES,
     outbox::CASES,
-    // dispense::CASES,
+    dispense::CASES,
 ];
 
 /// Every case.
@@ -133,24 +133,27 @@ pub fn all() -> impl Iterator<Item = &'static Case> {
 #[macro_export]
 #[doc(hidden)]
 macro_rules! __selftest_check {
-    ($cond:expr $(,)?) => {
-        if !$cond {
+    ($cond:expr $(,)?) => {{
+        // Bound first, so a negated float comparison reads as what was written.
+        let holds: bool = $cond;
+        if !holds {
             return Err($crate::selftest::Failure::new(
                 file!(),
                 line!(),
                 format_args!("check failed: {}", stringify!($cond)),
             ));
         }
-    };
-    ($cond:expr, $($fmt:tt)+) => {
-        if !$cond {
+    }};
+    ($cond:expr, $($fmt:tt)+) => {{
+        let holds: bool = $cond;
+        if !holds {
             return Err($crate::selftest::Failure::new(
                 file!(),
                 line!(),
                 format_args!($($fmt)+),
             ));
         }
-    };
+    }};
 }
 
 /// Check that two values are equal; on failure return a [`Failure`] that shows both.

@@ -40,16 +40,24 @@ fn queue<const N: usize, const E: usize>(o: &mut Outbox<N, E>, m: Message) -> Ou
     Ok(())
 }
 
-/// What the outbox hands out at `now`: the message's id, lane and payload, or the wait.
+/// [`Drain`] without the borrow: the message's id, lane and last payload byte.
+#[derive(Debug, PartialEq)]
+enum Next {
+    Send(MsgId, Lane, u8),
+    WaitUntil(Instant),
+    Idle,
+}
+
+/// What the outbox hands out at `now`.
 fn next<const N: usize, const E: usize>(
     o: &mut Outbox<N, E>,
     p: Priority,
     now: Instant,
-) -> Result<Result<(MsgId, Lane, u8), Option<Instant>>, Failure> {
+) -> Result<Next, Failure> {
     Ok(match o.poll_drain(p, now) {
-        Drain::Send(q) => Ok((q.id, q.msg.lane, *check_ok!(q.msg.payload.last()))),
-        Drain::WaitUntil(t) => Err(Some(t)),
-        Drain::Idle => Err(None),
+        Drain::Send(q) => Next::Send(q.id, q.msg.lane, *check_ok!(q.msg.payload.last())),
+        Drain::WaitUntil(t) => Next::WaitUntil(t),
+        Drain::Idle => Next::Idle,
     })
 }
 
@@ -59,7 +67,7 @@ fn an_alarm_overtakes_the_normal_lane_which_emergency_holds_in_order() -> Outcom
         queue(&mut o, event(n)?)?;
     }
     queue(&mut o, alarm_message("ESTOP", "button", ms(0)))?;
-    let Ok((id, lane, _)) = next(&mut o, Priority::Emergency, ms(1))? else {
+    let Next::Send(id, lane, _) = next(&mut o, Priority::Emergency, ms(1))? else {
         check!(false, "the alarm is sent at once in EMERGENCY");
         return Ok(());
     };
@@ -67,12 +75,12 @@ fn an_alarm_overtakes_the_normal_lane_which_emergency_holds_in_order() -> Outcom
     o.sent(id, ms(1));
     check_eq!(
         next(&mut o, Priority::Emergency, ms(2))?,
-        Err(None),
+        Next::Idle,
         "normal lane held"
     );
     // Back to IDLE: the held messages come out in the order they were queued.
     for n in 1..=3 {
-        let Ok((id, lane, payload)) = next(&mut o, Priority::Idle, ms(3))? else {
+        let Next::Send(id, lane, payload) = next(&mut o, Priority::Idle, ms(3))? else {
             check!(false, "message {n} not sent");
             return Ok(());
         };
@@ -93,15 +101,15 @@ fn dispensing_drains_one_message_per_cycle() -> Outcome {
     let mut sent_at: heapless::Vec<Instant, 3> = heapless::Vec::new();
     for _ in 0..10 {
         match next(&mut o, Priority::Dispensing, now)? {
-            Ok((id, _, _)) => {
+            Next::Send(id, _, _) => {
                 o.sent(id, now);
                 check!(sent_at.push(now).is_ok(), "more sent than queued");
             }
-            Err(Some(t)) => {
+            Next::WaitUntil(t) => {
                 check!(t > now, "a deadline in the past would spin");
                 now = t;
             }
-            Err(None) => break,
+            Next::Idle => break,
         }
     }
     check_eq!(sent_at.len(), 3);
@@ -118,13 +126,13 @@ fn a_broker_outage_keeps_every_message_and_backs_off() -> Outcome {
     let mut now = ms(0);
     let mut waits: heapless::Vec<Duration, 4> = heapless::Vec::new();
     for _ in 0..3 {
-        let Ok((id, _, payload)) = next(&mut o, Priority::Idle, now)? else {
+        let Next::Send(id, _, payload) = next(&mut o, Priority::Idle, now)? else {
             check!(false, "nothing to send at {now}");
             return Ok(());
         };
         check_eq!(payload, b'1', "the same message is retried");
         o.failed(id, now);
-        let Err(Some(retry)) = next(&mut o, Priority::Idle, now)? else {
+        let Next::WaitUntil(retry) = next(&mut o, Priority::Idle, now)? else {
             check!(false, "no backoff after a failure");
             return Ok(());
         };
@@ -141,7 +149,7 @@ fn a_broker_outage_keeps_every_message_and_backs_off() -> Outcome {
         "the backoff doubles"
     );
     for n in 1..=2 {
-        let Ok((id, _, payload)) = next(&mut o, Priority::Idle, now)? else {
+        let Next::Send(id, _, payload) = next(&mut o, Priority::Idle, now)? else {
             check!(false, "nothing to send after the outage");
             return Ok(());
         };
@@ -186,7 +194,7 @@ fn a_full_lane_sheds_telemetry_before_events() -> Outcome {
         "then the oldest event: {pushed:?}"
     );
     let mut left: heapless::Vec<u8, 3> = heapless::Vec::new();
-    while let Ok((id, _, payload)) = next(&mut o, Priority::Idle, ms(10))? {
+    while let Next::Send(id, _, payload) = next(&mut o, Priority::Idle, ms(10))? {
         o.sent(id, ms(10));
         check!(left.push(payload).is_ok());
     }
