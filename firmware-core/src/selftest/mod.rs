@@ -14,11 +14,12 @@
 //! So the cases allocate nothing, read no clock and keep their stack use modest (a few tens of
 //! KiB at most); big values such as a full EEPROM image are built where a case needs them.
 //!
-//! The checks are macros of our own ([`check!`], [`check_eq!`]) rather than `assert!`, so that a
-//! failure on the target is a value that names its file and line, and the runner can go on with
-//! the next case and say how many failed. (The test-harness crates for embedded targets, such as
-//! `defmt-test`, need a probe and run one case per reset; `semihosting` alone does what QEMU
-//! needs.)
+//! The checks are macros of our own ([`check!`], [`check_eq!`], [`check_ok!`]) rather than
+//! `assert!`, so that a failure on the target is a value that names its file and line, and the
+//! runner goes on with the next case and says how many failed. (The embedded test harnesses,
+//! `defmt-test` and `embedded-test`, report through a debug probe and end a run at its first
+//! failure or reset between tests; under QEMU, semihosting and a loop over plain functions do
+//! the job and report every failure.)
 //!
 //! Compiled for `cargo test` and with the `selftest` feature (never on a board).
 // A case returns once; the room for a readable failure message matters more than the size of
