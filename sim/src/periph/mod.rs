@@ -8,7 +8,9 @@
 //!
 //! The ENERGIS PDU's parts follow their datasheets: the [`mcp23017`] expanders, the [`eeprom`]
 //! (CAT24C256), the [`hlw8032`] power meters behind their mux, and the [`panel`] (buttons,
-//! relays, LEDs) that makes expander pins observable.
+//! relays, LEDs) that makes expander pins observable. The [`rp2040`] module models two on-chip
+//! parts of the PDU's MCU at register level: the core voltage regulator (with the brown-out
+//! detector and the reset cause) and the ADC with its temperature sensor.
 //!
 //! The pump controller's parts: the [`fluidnc`] motion board (Grbl protocol, motion, fluid model,
 //! faults) on a UART, and the [`wifi`] link between the ESP32 and the network (latency, jitter,
@@ -19,5 +21,6 @@ pub mod hlw8032;
 pub mod i2c;
 pub mod mcp23017;
 pub mod panel;
+pub mod rp2040;
 pub mod uart;
 pub mod wifi;
