@@ -239,7 +239,7 @@ impl VregAndChipReset {
 }
 
 fn check_aligned(offset: u32) -> Result<(), RegisterError> {
-    if offset % 4 != 0 {
+    if !offset.is_multiple_of(4) {
         return Err(RegisterError::Unaligned(offset));
     }
     Ok(())
