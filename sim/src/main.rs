@@ -382,11 +382,29 @@ fn compare_command(
     args: &sim::devices::pump::compare::CompareArgs,
     verbosity: Verbosity,
 ) -> Result<String, sim::devices::pump::compare::CompareError> {
-    sim::devices::pump::compare::command(args).inspect(|_| {
-        if verbosity == Verbosity::Verbose {
-            eprintln!("compare: wrote {}", args.out.display());
-        }
-    })
+    use sim::devices::pump::{Arch, compare};
+    let runs = args.seeds.saturating_mul(Arch::ALL.len() as u64);
+    let mut progress = Progress::new(runs, "runs", verbosity).with_plain_steps();
+    let (md, summary) = compare::command_with(args, &mut |label| progress.step(label))?;
+    progress.finish();
+    // The same table with a plot per metric, beside the Markdown and JSON.
+    let options: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+    let rows: Vec<Vec<(f64, f64)>> = summary.iter().map(|o| o.to_vec()).collect();
+    let html = sim::report::html::compare_page(
+        "Pump controller: architecture options compared",
+        &compare::METRICS,
+        &options,
+        &rows,
+    );
+    let path = args.out.join("architecture-comparison.html");
+    std::fs::write(&path, html).map_err(|source| compare::CompareError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    if verbosity == Verbosity::Verbose {
+        eprintln!("compare: wrote {}", args.out.display());
+    }
+    Ok(md)
 }
 
 fn console_command(args: ConsoleArgs) -> anyhow::Result<()> {

@@ -523,3 +523,120 @@ pub fn index_page(rows: &[IndexRow]) -> String {
     b.push_str("</table>\n");
     page("Scenario report", &b)
 }
+
+/// `twin compare`'s page: the table, and per metric a bar per option (mean) with its 95 %
+/// confidence interval drawn as a whisker.
+pub fn compare_page(
+    title: &str,
+    metrics: &[(&str, &str, &str)],
+    options: &[&str],
+    summary: &[Vec<(f64, f64)>],
+) -> String {
+    let mut b = format!("<h1>{}</h1>\n<table><tr><th>metric</th>", escape(title));
+    for o in options {
+        let _ = write!(b, "<th>{}</th>", escape(o));
+    }
+    b.push_str("</tr>\n");
+    for (mi, (_, label, unit)) in metrics.iter().enumerate() {
+        let _ = write!(b, "<tr><td>{} ({})</td>", escape(label), escape(unit));
+        for s in summary {
+            let (m, ci) = s.get(mi).copied().unwrap_or_default();
+            let _ = write!(b, "<td>{m:.2} ± {ci:.2}</td>");
+        }
+        b.push_str("</tr>\n");
+    }
+    b.push_str("</table>\n<div style=\"display:flex;flex-wrap:wrap\">");
+    for (mi, (_, label, unit)) in metrics.iter().enumerate() {
+        let bars: Vec<(f64, f64)> = summary
+            .iter()
+            .map(|s| s.get(mi).copied().unwrap_or_default())
+            .collect();
+        figure(&mut b, &ci_chart(label, unit, options, &bars), label);
+    }
+    b.push_str("</div>\n");
+    page(title, &b)
+}
+
+fn ci_chart(title: &str, unit: &str, options: &[&str], bars: &[(f64, f64)]) -> String {
+    let mut svg = String::new();
+    let drawn = (|| -> Result<(), String> {
+        let e = |e: DrawingAreaErrorKind<std::io::Error>| e.to_string();
+        let top = bars
+            .iter()
+            .map(|(m, c)| m + c)
+            .fold(0.0_f64, f64::max)
+            .max(1e-9)
+            * 1.15;
+        let root = SVGBackend::with_string(&mut svg, (440, 260)).into_drawing_area();
+        root.fill(&WHITE).map_err(e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 13))
+            .margin(10)
+            .x_label_area_size(30)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..options.len() as f64, 0.0..top)
+            .map_err(e)?;
+        let names: Vec<String> = options.iter().map(|o| (*o).to_owned()).collect();
+        chart
+            .configure_mesh()
+            .y_desc(unit)
+            .x_labels(options.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - i as f64 - 0.5).abs() < 0.26 {
+                    names.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(e)?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (m, _))| {
+                let x = i as f64;
+                Rectangle::new([(x + 0.2, 0.0), (x + 0.8, *m)], Palette99::pick(i).filled())
+            }))
+            .map_err(e)?;
+        chart
+            .draw_series(bars.iter().enumerate().map(|(i, (m, c))| {
+                let x = i as f64 + 0.5;
+                PathElement::new(
+                    vec![(x, (m - c).max(0.0)), (x, m + c)],
+                    BLACK.stroke_width(2),
+                )
+            }))
+            .map_err(e)?;
+        root.present().map_err(e)?;
+        Ok(())
+    })();
+    match drawn {
+        Ok(()) => svg,
+        Err(e) => format!("<p>(plot failed: {})</p>", escape(&e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compare_page_has_the_table_and_a_chart_per_metric() {
+        let metrics = [("a", "latency", "ms"), ("b", "drops", "count")];
+        let summary = vec![vec![(1.5, 0.2), (3.0, 1.0)], vec![(2.5, 0.1), (0.0, 0.0)]];
+        let html = compare_page("t", &metrics, &["option1", "option2"], &summary);
+        assert!(html.contains("<td>1.50 ± 0.20</td>") && html.contains("<td>0.00 ± 0.00</td>"));
+        assert_eq!(html.matches("<svg").count(), 2);
+        // One filled bar per option and metric.
+        assert!(html.matches("<rect").count() >= 4, "{html}");
+        assert!(!html.contains("<script"));
+    }
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
+}

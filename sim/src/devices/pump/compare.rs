@@ -214,10 +214,24 @@ pub type Summary = [[(f64, f64); METRICS.len()]; 3];
 
 /// Run every option on every seed.
 pub fn compare(first_seed: u64, seeds: u64, seconds: u64) -> Summary {
+    compare_with(first_seed, seeds, seconds, &mut |_| {})
+}
+
+/// [`compare`], calling `on_run` with a label after each run (for a progress display).
+pub fn compare_with(
+    first_seed: u64,
+    seeds: u64,
+    seconds: u64,
+    on_run: &mut dyn FnMut(&str),
+) -> Summary {
     let mut out = [[(0.0, 0.0); METRICS.len()]; 3];
     for (oi, arch) in Arch::ALL.iter().enumerate() {
         let runs: Vec<RunValues> = (first_seed..first_seed + seeds)
-            .map(|s| run_once(*arch, s, seconds))
+            .map(|s| {
+                let r = run_once(*arch, s, seconds);
+                on_run(&format!("{} seed {s}", arch.name()));
+                r
+            })
             .collect();
         for (mi, slot) in out[oi].iter_mut().enumerate() {
             let xs: Vec<f64> = runs.iter().map(|r| r[mi]).collect();
@@ -286,10 +300,19 @@ fn write(path: &Path, text: &str) -> Result<(), CompareError> {
 
 /// `twin compare`: run, print the table, write JSON and Markdown to `args.out`.
 pub fn command(args: &CompareArgs) -> Result<String, CompareError> {
+    command_with(args, &mut |_| {}).map(|(md, _)| md)
+}
+
+/// [`command`], reporting each run to `on_run`, and returning the summary too (for the HTML
+/// page of `sim::report::html::compare_page`).
+pub fn command_with(
+    args: &CompareArgs,
+    on_run: &mut dyn FnMut(&str),
+) -> Result<(String, Summary), CompareError> {
     if args.seeds == 0 {
         return Err(CompareError::NoSeeds);
     }
-    let s = compare(args.first_seed, args.seeds, args.seconds);
+    let s = compare_with(args.first_seed, args.seeds, args.seconds, on_run);
     let md = markdown(&s, args);
     std::fs::create_dir_all(&args.out).map_err(|source| CompareError::Write {
         path: args.out.clone(),
@@ -298,7 +321,7 @@ pub fn command(args: &CompareArgs) -> Result<String, CompareError> {
     write(&args.out.join("architecture-comparison.md"), &md)?;
     let j = serde_json::to_string_pretty(&json(&s, args)).unwrap_or_default();
     write(&args.out.join("architecture-comparison.json"), &j)?;
-    Ok(md)
+    Ok((md, s))
 }
 
 #[cfg(test)]
