@@ -171,3 +171,21 @@ fn the_json_report_has_what_ci_reads() {
             .is_some_and(|o| o.starts_with("max = "))
     );
 }
+
+/// The failure printout shows the trace around the instant a verdict points at (the runner
+/// keeps no trace in memory: it replays the failed test to capture those events).
+#[test]
+fn a_failure_shows_the_events_around_its_instant() {
+    let path = scratch(
+        "context.toml",
+        "[[test]]\nname = \"t\"\nduration = \"100ms\"\n[test.devices.board]\nkind = \"demo.uart\"\nbaud = 115200\nperiod = \"10ms\"\n[[test.expect]]\nlabel = \"too-many\"\nevent = \"board.rx\"\ncontains = \"rx ok\"\nfrom = \"50ms\"\ncount = 99\n",
+    );
+    let out = twin(&["scenario", path.to_str().expect("utf-8")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("# trace around 51.736ms:"), "{stdout}");
+    // Six events before the first hit and six from it on.
+    let context: Vec<&str> = stdout.lines().filter(|l| l.contains("board.rx ")).collect();
+    assert_eq!(context.len(), 9, "{stdout}");
+    assert!(context[0].contains("rx ok seq=0") && context[4].contains("rx ok seq=4"));
+}

@@ -839,7 +839,11 @@ fn add_to_buckets(c: &mut CoreState, start: Instant, cost: Duration) {
         // longer than the whole window starts it afresh.
         let first = c.buckets.dropped() as usize;
         let len = c.buckets.as_slice().len();
-        if idx >= first + len + c.buckets.capacity() {
+        if idx
+            >= first
+                .saturating_add(len)
+                .saturating_add(c.buckets.capacity())
+        {
             c.buckets.skip_to(idx as u64);
         }
         while c.buckets.dropped() as usize + c.buckets.as_slice().len() <= idx {

@@ -77,6 +77,36 @@ pub fn run_test(case: &TestCase, seed: Option<u64>) -> TestResult {
     run_test_with(case, seed, Extras::default())
 }
 
+/// [`run_test`], with every event of the run in [`TestResult::events`], for short tests and
+/// tools that read the whole trace (memory grows with the run's length).
+pub fn run_test_keeping_events(case: &TestCase, seed: Option<u64>) -> TestResult {
+    let all = Rc::new(RefCell::new(Everything::default()));
+    let mut r = run_test_with(
+        case,
+        seed,
+        Extras {
+            observers: vec![all.clone()],
+            sampler: None,
+        },
+    );
+    r.events = std::mem::take(&mut all.borrow_mut().0);
+    r
+}
+
+/// Keeps every event.
+#[derive(Default)]
+struct Everything(Vec<Event>);
+
+impl Observer for Everything {
+    fn event(&mut self, at: Instant, source: &str, text: &str) {
+        self.0.push(Event {
+            at,
+            source: source.to_owned(),
+            text: text.to_owned(),
+        });
+    }
+}
+
 /// [`run_test`], with `extras` watching.
 pub fn run_test_with(case: &TestCase, seed: Option<u64>, extras: Extras<'_>) -> TestResult {
     let seed = seed.unwrap_or(case.seed);

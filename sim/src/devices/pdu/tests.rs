@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use super::net::{decode_response, encode_request, parse_oid, render_response};
-use crate::scenario::{load_str, run::run_test};
+use crate::scenario::{load_str, run::run_test_keeping_events};
 
 /// Run the first test of `toml` and return its trace as lines.
 fn trace(toml: &str) -> Vec<String> {
     let cases = load_str(Path::new("inline.toml"), toml).expect("scenario loads");
-    let r = run_test(&cases[0], None);
+    let r = run_test_keeping_events(&cases[0], None);
     assert!(r.errors.is_empty(), "errors: {:?}", r.errors);
     r.events
         .iter()
