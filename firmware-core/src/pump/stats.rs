@@ -178,7 +178,8 @@ mod tests {
         write_json_string(&mut s, "a\"b\\c\nd\u{1}é").unwrap();
         assert_eq!(s.as_str(), r#""a\"b\\c\nd\u0001é""#);
         let mut cut: heapless::String<4> = heapless::String::new();
-        write!(Truncating(&mut cut), "ab{}", "cdef").unwrap();
+        let tail = "cdef";
+        write!(Truncating(&mut cut), "ab{tail}").unwrap();
         assert_eq!(cut.as_str(), "abcd");
     }
 

@@ -64,7 +64,8 @@ impl Client {
             let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
                 return;
             };
-            self.upgraded = self.buf.starts_with(b"HTTP/1.1 101");
+            // The status code of the reply's status line.
+            self.upgraded = self.buf.get(9..12) == Some(b"101".as_slice());
             self.buf.drain(..end + 4);
         }
         loop {

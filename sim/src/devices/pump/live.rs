@@ -392,6 +392,9 @@ async fn accept_loop(listener: TcpListener, to_kernel: mpsc::Sender<ToKernel>) {
             }
         };
         next += 1;
+        // The relay must not add the host's delays to what the link model takes: small WebSocket
+        // frames go out at once.
+        let _ = stream.set_nodelay(true);
         tokio::spawn(relay(stream, next, to_kernel.clone()));
     }
 }

@@ -1,10 +1,12 @@
-//! `kind = "pump"`: the pump controller twin (DESIGN "Device A").
+//! `kind = "pump"`: the pump controller twin.
 //!
-//! The firmware's motion task ([`MotionTask`] with [`PumpMotion`]) runs on a simulated core
-//! against the simulated FluidNC board ([`board`]) over a 115200 8N1 UART; the network side
-//! ([`net`]: outbox, status publisher, WebSocket feed, command parser) runs on the other core and
-//! publishes through the WiFi model to a broker (a fake world task in deterministic runs, a real
-//! `rumqttd` in live mode).
+//! Wiring only: every task is a `firmware_core::pump` runner. The motion task ([`MotionTask`]
+//! with [`PumpMotion`]) runs on the pump core against the simulated FluidNC board ([`board`]) over
+//! a 115200 8N1 UART; the network core runs the event task ([`EventTask`]), the command task
+//! ([`CommandTask`]), the MQTT task ([`MqttTask`]), the status publisher ([`StatusTask`]), the web
+//! server ([`WebTask`], one per socket), the WebSocket feed ([`WsTask`]) and the radio task
+//! ([`RadioTask`]), over the ports of [`net`], which also carries all of their traffic across
+//! one WiFi link to a broker and to web clients ([`clients`]; real ones in [`live`]).
 //!
 //! Architecture options (`arch`):
 //! * `option1`: ESP32, core 1 pump control, core 0 network, the governor ignored by the network
@@ -12,11 +14,14 @@
 //! * `option2`: the same with the governor (the production design);
 //! * `option3`: two MCUs: a pump MCU (one core: motion + serial link) and a WiFi MCU (one core:
 //!   serial link + network), joined by the firmware's framed link ([`LinkTask`]) over a
-//!   simulated UART; the WiFi MCU derives the priority from the snapshots it receives.
+//!   simulated UART; the WiFi MCU's event task derives the priority from the snapshots it
+//!   receives.
 //!
-//! Core and priority map (ESP32 names): the WiFi driver's background task at 23 on the network
-//! core, the event bridge 6, the command task 5 (esp-mqtt's receive path), the MQTT task 5, status 4, WebSocket 3; motion
-//! 20 and the 10 ms control tick 15 on the pump core; the option-3 link tasks at 10.
+//! Core and priority map (ESP32 names): on the network core the WiFi driver's background task
+//! 23, the netif (lwIP's tcpip task) 18, events 6, the command task 5 (esp-mqtt's receive path)
+//! and the MQTT task 5, status 4 and the web tasks 4, the WebSocket feed 3, the radio 2 (power
+//! management is not urgent: the E-stop path and its alarm go first); on the pump core motion 20
+//! and the 10 ms control tick 15; the option-3 link tasks at 10.
 pub mod board;
 pub mod clients;
 pub mod compare;
@@ -621,6 +626,7 @@ impl DeviceSpec for PumpSpec {
             | "ws.sessions"
             | "ws.received"
             | "http.requests"
+            | "http.ttfb_p50_ms"
             | "tcp.refused"
             | "tcp.overflow"
             | "commands.dropped"
@@ -1424,6 +1430,11 @@ impl Device for PumpDevice {
             "ws.sessions" => int(u64::from(self.net_fw.web.get().open_sessions)),
             "ws.received" => int(self.ws_clients.received()),
             "http.requests" => int(u64::from(self.net_fw.web.get().requests)),
+            "http.ttfb_p50_ms" => Some(StateValue::Float(
+                self.net
+                    .ttfb_median()
+                    .map_or(0.0, |d| d.as_micros() as f64 / 1000.0),
+            )),
             "tcp.refused" => int(self.net.counters.tcp_refused.get()),
             "tcp.overflow" => int(self.net.counters.tcp_overflow.get()),
             "commands.dropped" => int(self.net.counters.commands_dropped.get()),

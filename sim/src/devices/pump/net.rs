@@ -230,7 +230,14 @@ struct Stack {
 struct Far {
     next: ConnId,
     clients: BTreeMap<ConnId, ClientEnd>,
+    /// When each connection opened, until its first byte of reply arrives.
+    opened: BTreeMap<ConnId, Instant>,
+    /// Time to the first byte of reply of the last [`TTFB_WINDOW`] connections.
+    ttfb: VecDeque<Duration>,
 }
+
+/// Connections whose time to first byte [`Net::ttfb_median`] covers.
+pub const TTFB_WINDOW: usize = 64;
 
 /// What the platform side of the network knows and shares between its tasks.
 pub struct Net {
@@ -493,6 +500,17 @@ impl Net {
     fn to_client(&self, conn: ConnId, seg: Segment) {
         let ends = matches!(seg, Segment::Close | Segment::Reset);
         let mut far = self.far.borrow_mut();
+        if let Segment::Data(_) = seg
+            && let Some(t) = far.opened.remove(&conn)
+        {
+            if far.ttfb.len() == TTFB_WINDOW {
+                far.ttfb.pop_front();
+            }
+            far.ttfb.push_back(self.clock.now().saturating_since(t));
+        }
+        if ends {
+            far.opened.remove(&conn);
+        }
         let Some(client) = far.clients.get_mut(&conn) else {
             return;
         };
@@ -521,10 +539,19 @@ impl Net {
             far.next += 1;
             let id = far.next;
             far.clients.insert(id, end);
+            far.opened.insert(id, self.clock.now());
             id
         };
         self.client_segment(conn, Segment::Open);
         conn
+    }
+
+    /// The median time from a connection's opening to the first byte of its reply at the client,
+    /// over the last [`TTFB_WINDOW`] connections (virtual time; `None` before the first).
+    pub fn ttfb_median(&self) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.far.borrow().ttfb.iter().copied().collect();
+        v.sort();
+        v.get(v.len() / 2).copied()
     }
 
     /// Send bytes from the client of `conn`.
