@@ -1,7 +1,8 @@
 //! The live pump twin as its users meet it: `mosquitto_sub` sees the retained status and the
 //! E-stop alarm, a WebSocket client gets frames at the feed's rate, a headless Chromium presses
-//! Start on the twin's page and sees the pump go active, and a G-code sender on the FluidNC
-//! pseudo-terminal gets answers.
+//! Start on the twin's page and sees the pump go active, `curl` and a WebSocket client wait
+//! longer for the controller when its WiFi and network core are loaded, and a G-code sender on
+//! the FluidNC pseudo-terminal gets answers.
 //!
 //! Needs the Debian packages `mosquitto-clients` and `chromium` (`cargo xtask` installs them
 //! when run as root). Every service binds an ephemeral port; rates are checked by counting frames
@@ -31,13 +32,18 @@ impl Drop for Twin {
 }
 
 fn start_twin(tag: &str) -> Twin {
+    start_twin_with(tag, &[], Stdio::null(), Stdio::null())
+}
+
+fn start_twin_with(tag: &str, extra: &[&str], stdin: Stdio, stdout: Stdio) -> Twin {
     let ready = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ready-pump-{tag}.json"));
     let _ = std::fs::remove_file(&ready);
     let child = Command::new(env!("CARGO_BIN_EXE_twin"))
         .args(["run", "--twin", "pump", "--ephemeral-ports", "--ready-file"])
         .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .args(extra)
+        .stdin(stdin)
+        .stdout(stdout)
         .stderr(Stdio::null())
         .spawn()
         .expect("twin starts");
@@ -344,6 +350,154 @@ fn headless_chromium_presses_start_and_sees_the_pump_go_active() {
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }
+}
+
+/// Wall seconds `curl` takes for `GET /api/status`, `n` times.
+fn curl_status_times(t: &Twin, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let out = tool("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{time_total}"])
+                .arg(format!("{}/api/status", t.http))
+                .output()
+                .expect("curl runs");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let (code, secs) = text.split_once(' ').expect("curl's -w output");
+            assert_eq!(code, "200", "curl: {text}");
+            secs.trim().parse().expect("a time")
+        })
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Wall seconds from sending a command on an authorized WebSocket to its reply, `n` times.
+async fn ws_command_times(http: &str, n: usize) -> Vec<f64> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/ws", http.replace("http://", "ws://"));
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert(
+        "Authorization",
+        "Basic YWRtaW46cHVtcGN0bA==".parse().expect("header"),
+    );
+    // No Nagle delay on the client's small frames either.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true)
+        .await
+        .expect("WebSocket connects");
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let sent = Instant::now();
+        ws.send(Message::text(r#"{"cmd":"resume"}"#))
+            .await
+            .expect("send");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ok\"") => break,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no reply to the command: {other:?}"),
+            }
+        }
+        times.push(sent.elapsed().as_secs_f64());
+    }
+    let _ = ws.close(None).await;
+    times
+}
+
+/// A line typed on the twin's standard input, and the twin's answer lines until one starts
+/// with `until`.
+fn ask(
+    stdin: &mut std::process::ChildStdin,
+    lines: &std::sync::mpsc::Receiver<String>,
+    line: &str,
+    until: &str,
+) -> String {
+    writeln!(stdin, "{line}").expect("the twin's stdin");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.starts_with(until) => return l,
+            Ok(_) => {}
+            Err(_) => panic!("no answer to `{line}`"),
+        }
+    }
+}
+
+#[test]
+fn curl_and_a_websocket_client_wait_longer_when_the_wifi_and_the_network_core_are_loaded() {
+    // Quarter speed: every virtual millisecond the controller spends is four wall milliseconds, so
+    // the client's own overhead on a busy machine weighs less against what is measured.
+    let mut t = start_twin_with("load", &["--speed", "0.25"], Stdio::piped(), Stdio::piped());
+    let mut stdin = t.child.stdin.take().expect("stdin");
+    let stdout = t.child.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let virtual_ttfb = |stdin: &mut _| -> f64 {
+        let l = ask(
+            stdin,
+            &lines,
+            "state pump http.ttfb_p50_ms",
+            "pump.http.ttfb_p50_ms",
+        );
+        l.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number")
+    };
+
+    let quiet_curl = median(curl_status_times(&t, 31));
+    let quiet_ws = median(rt.block_on(ws_command_times(&t.http, 21)));
+    let quiet_virtual = virtual_ttfb(&mut stdin);
+
+    let ok = ask(
+        &mut stdin,
+        &lines,
+        "act pump wifi.load airtime=0.95 cpu=0.95",
+        "ok",
+    );
+    assert_eq!(ok, "ok");
+    // The median covers the last 64 connections: 70 loaded ones replace the quiet ones.
+    let loaded_curl = median(curl_status_times(&t, 70));
+    let loaded_ws = median(rt.block_on(ws_command_times(&t.http, 21)));
+    let loaded_virtual = virtual_ttfb(&mut stdin);
+
+    println!(
+        "time to first byte (virtual ms) {quiet_virtual} -> {loaded_virtual}; curl median \
+         {quiet_curl:.4} s -> {loaded_curl:.4} s; WebSocket command median {quiet_ws:.4} s -> \
+         {loaded_ws:.4} s"
+    );
+    // The twin's own measure, in virtual time: the firmware answers later under load.
+    assert!(
+        loaded_virtual > 2.0 * quiet_virtual && quiet_virtual > 0.0,
+        "time to first byte (virtual ms): quiet {quiet_virtual}, loaded {loaded_virtual}"
+    );
+    // And the clients see it.
+    assert!(
+        loaded_curl > 1.5 * quiet_curl,
+        "curl /api/status median: quiet {quiet_curl:.4} s, loaded {loaded_curl:.4} s"
+    );
+    assert!(
+        loaded_ws > 1.5 * quiet_ws,
+        "WebSocket command reply median: quiet {quiet_ws:.4} s, loaded {loaded_ws:.4} s"
+    );
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The three architecture options of the pump controller, as configuration of one code base.
 //!
-//! The twin runs all three for comparison (DESIGN.md, Device A). What an option changes on the
-//! network side is gathered in [`NetPolicy`]; the rest of the network code reads only that, so
-//! the three options are the same tasks with different settings, not three implementations:
+//! The twin runs all three for comparison (`docs/architecture-comparison.md`). What an option
+//! changes on the network side is gathered in [`NetPolicy`]; the rest of the network code reads
+//! only that, so the three options are the same tasks with different settings, not three
+//! implementations:
 //!
 //! | | option 1 | option 2 (production) | option 3 |
 //! |---|---|---|---|
@@ -25,7 +26,7 @@ use core::fmt;
 
 use super::Priority;
 
-/// One of the three architectures of DESIGN.md, Device A.
+/// One of the pump controller's three architectures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(serde::Serialize, serde::Deserialize)]

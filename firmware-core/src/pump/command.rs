@@ -10,6 +10,7 @@
 //!
 //! | request | auth | outcome |
 //! |---|---|---|
+//! | `GET /`, `GET /index.html` | open | [`HttpOutcome::Page`]: the caller answers with the UI page |
 //! | `GET /api/status` | open | [`HttpOutcome::Status`]: the caller answers with the status JSON |
 //! | `GET /api/recipes` | open | `{"recipes":["a","b"]}` |
 //! | `POST /api/pump/start` `{"pump","volume_ml","flow_ml_min"}` | Basic | [`Command::StartDispense`] |
@@ -30,7 +31,12 @@
 //! MCU stack. Basic credentials are checked by [`crate::basic_auth`].
 use core::fmt::{self, Write};
 
+use embassy_sync::blocking_mutex::raw::RawMutex;
+
+use super::dispense::MotionCommand;
+use super::estop::EstopTrigger;
 use super::{DispenseRequest, Pump};
+use crate::queue::Queue;
 
 /// Longest recipe name.
 pub const RECIPE_NAME_MAX: usize = 32;
@@ -271,6 +277,151 @@ pub fn parse_command(
     }
 }
 
+impl Command {
+    /// The request for pump control (`pump::dispense`); `None` for a command it does not take.
+    pub fn to_motion(&self) -> Option<MotionCommand> {
+        Some(match self {
+            Command::StartDispense(d) => {
+                let mut doses = heapless::Vec::new();
+                // One dose always fits the PUMPS-long list.
+                let _ = doses.push(*d);
+                MotionCommand::Dispense(doses)
+            }
+            Command::StartRecipe(name) => {
+                MotionCommand::StartRecipe(heapless::String::try_from(name.as_str()).ok()?)
+            }
+            Command::Stop => MotionCommand::Stop,
+            Command::EmergencyStop => MotionCommand::EmergencyStop(EstopTrigger::Remote),
+            Command::Resume => MotionCommand::Resume,
+        })
+    }
+}
+
+/// Where parsed commands go: pump control's command queue (options 1 and 2), or the queue the
+/// serial link sends from (option 3).
+pub trait CommandSink {
+    /// Hand `cmd` over; `false` when it was refused (the queue is full).
+    fn submit(&self, cmd: MotionCommand) -> bool;
+}
+
+impl<M: RawMutex, const N: usize> CommandSink for Queue<M, MotionCommand, N> {
+    fn submit(&self, cmd: MotionCommand) -> bool {
+        self.offer(cmd).is_queued()
+    }
+}
+
+impl<K: CommandSink + ?Sized> CommandSink for &K {
+    fn submit(&self, cmd: MotionCommand) -> bool {
+        (**self).submit(cmd)
+    }
+}
+
+/// Largest command payload the command task takes; longer ones are refused as bad JSON.
+pub const PAYLOAD_MAX: usize = BODY_MAX;
+
+/// The platform's MQTT client, receive side: the payloads published on the command topic
+/// ([`Identity::command_topic`](super::identity::Identity::command_topic)), which it subscribes
+/// to itself.
+///
+/// # Contract
+/// * `receive` waits for the next payload and copies it into `buf`, returning its length; a
+///   payload longer than `buf` MUST be reported as `buf.len() + 1` or more (it is refused), never
+///   cut silently into something that might parse.
+/// * Payloads come in the order the broker delivered them.
+pub trait CommandPort {
+    /// Wait for the next command payload.
+    fn receive(&mut self, buf: &mut [u8]) -> impl core::future::Future<Output = usize>;
+}
+
+/// What the command task did with one payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    /// Parsed and handed to pump control.
+    Submitted(Command),
+    /// Parsed, but pump control's queue was full.
+    Refused(Command),
+    /// Did not parse (or longer than [`PAYLOAD_MAX`]).
+    Bad(CommandError),
+}
+
+/// Counters of the command task (read by telemetry and the twin).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CommandStats {
+    /// Commands handed to pump control.
+    pub submitted: u32,
+    /// Commands refused because the queue was full.
+    pub refused: u32,
+    /// Payloads that did not parse.
+    pub bad: u32,
+}
+
+/// The command task: MQTT command payloads through [`parse_command`] into pump control.
+pub struct CommandTask<'a, P, K> {
+    port: P,
+    sink: K,
+    limits: Limits,
+    recipes: &'a [RecipeInfo<'a>],
+    stats: CommandStats,
+    buf: [u8; PAYLOAD_MAX],
+}
+
+impl<'a, P: CommandPort, K: CommandSink> CommandTask<'a, P, K> {
+    /// A task reading `port`, knowing `recipes` by name, submitting to `sink`.
+    pub fn new(port: P, sink: K, limits: Limits, recipes: &'a [RecipeInfo<'a>]) -> Self {
+        CommandTask {
+            port,
+            sink,
+            limits,
+            recipes,
+            stats: CommandStats::default(),
+            buf: [0; PAYLOAD_MAX],
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CommandStats {
+        self.stats
+    }
+
+    /// Run forever.
+    pub async fn run(&mut self) -> ! {
+        loop {
+            self.step().await;
+        }
+    }
+
+    /// Take the next payload and act on it.
+    pub async fn step(&mut self) -> CommandOutcome {
+        let n = self.port.receive(&mut self.buf).await;
+        let parsed = match self.buf.get(..n) {
+            Some(bytes) => parse_command(bytes, &self.limits, self.recipes),
+            None => Err(CommandError::BadJson),
+        };
+        let outcome = match parsed {
+            Ok(c) => match c.to_motion().map(|m| self.sink.submit(m)) {
+                Some(true) => CommandOutcome::Submitted(c),
+                Some(false) => CommandOutcome::Refused(c),
+                None => CommandOutcome::Bad(CommandError::UnknownCommand),
+            },
+            Err(e) => CommandOutcome::Bad(e),
+        };
+        let s = &mut self.stats;
+        match &outcome {
+            CommandOutcome::Submitted(_) => s.submitted = s.submitted.wrapping_add(1),
+            CommandOutcome::Refused(c) => {
+                s.refused = s.refused.wrapping_add(1);
+                warn!("command: {} refused, motion queue full", c.name());
+            }
+            CommandOutcome::Bad(e) => {
+                s.bad = s.bad.wrapping_add(1);
+                warn!("command: bad payload: {}", e);
+            }
+        }
+        outcome
+    }
+}
+
 /// HTTP Basic credentials for control requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -380,7 +531,9 @@ impl HttpReply {
             401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            408 => "Request Timeout",
             413 => "Payload Too Large",
+            503 => "Service Unavailable",
             _ => "Internal Server Error",
         }
     }
@@ -434,6 +587,8 @@ pub enum HttpOutcome {
     Execute(Command, HttpReply),
     /// `GET /api/status`: answer 200 with the status JSON (`pump::status`).
     Status,
+    /// `GET /` or `GET /index.html`: answer 200 with the UI page (`pump::web`).
+    Page,
     /// `GET /ws`: upgrade to a WebSocket (the platform's handshake); `control` says whether the
     /// request carried valid credentials, i.e. whether the session may send commands.
     WebSocket {
@@ -469,6 +624,7 @@ pub fn handle_http(request: &[u8], config: &RestConfig, recipes: &[RecipeInfo<'_
     let path = target.split_once('?').map_or(target, |(p, _)| p);
 
     enum Route<'p> {
+        Page,
         Status,
         Recipes,
         Ws,
@@ -477,6 +633,7 @@ pub fn handle_http(request: &[u8], config: &RestConfig, recipes: &[RecipeInfo<'_
         Recipe(&'p str),
     }
     let (route, want) = match path {
+        "/" | "/index.html" => (Route::Page, "GET"),
         "/api/status" => (Route::Status, "GET"),
         "/api/recipes" => (Route::Recipes, "GET"),
         "/ws" => (Route::Ws, "GET"),
@@ -516,6 +673,7 @@ pub fn handle_http(request: &[u8], config: &RestConfig, recipes: &[RecipeInfo<'_
     }
 
     match route {
+        Route::Page => return HttpOutcome::Page,
         Route::Status => return HttpOutcome::Status,
         Route::Recipes => return HttpOutcome::Respond(recipes_reply(recipes)),
         Route::Ws => {
@@ -548,7 +706,9 @@ pub fn handle_http(request: &[u8], config: &RestConfig, recipes: &[RecipeInfo<'_
         Route::Recipe(raw_name) => percent_decode(raw_name)
             .and_then(|n| recipe(&n, recipes))
             .map(Command::StartRecipe),
-        Route::Status | Route::Recipes | Route::Ws => Err(CommandError::UnknownCommand),
+        Route::Page | Route::Status | Route::Recipes | Route::Ws => {
+            Err(CommandError::UnknownCommand)
+        }
     };
     match command {
         Ok(c) => {
@@ -827,6 +987,8 @@ mod tests {
     #[test]
     fn rest_errors_use_the_right_status_codes() {
         assert_eq!(error_code(http("GET /nope HTTP/1.1\r\n\r\n")).0, 404);
+        assert_eq!(http("GET / HTTP/1.1\r\n\r\n"), HttpOutcome::Page);
+        assert_eq!(error_code(http("POST / HTTP/1.1\r\n\r\n")).0, 405);
         assert_eq!(error_code(http("GET /api/stop HTTP/1.1\r\n\r\n")).0, 405);
         assert_eq!(error_code(http("POST /api/status HTTP/1.1\r\n\r\n")).0, 405);
         assert_eq!(error_code(post("/api/pump/start", true, "{bad")).0, 400);
@@ -875,6 +1037,60 @@ mod tests {
         assert!(text.contains("WWW-Authenticate: Basic realm=\"pump\"\r\n"));
         assert!(text.ends_with("\r\n\r\n{\"error\":\"unknown pump (expected X, Y, Z or A)\"}"));
         assert_eq!(r.write_to(&mut [0u8; 20]), Err(ReplyTooLong));
+    }
+
+    struct Payloads(std::collections::VecDeque<Vec<u8>>);
+
+    impl CommandPort for Payloads {
+        async fn receive(&mut self, buf: &mut [u8]) -> usize {
+            let p = self.0.pop_front().unwrap_or_default();
+            let n = p.len().min(buf.len());
+            buf[..n].copy_from_slice(&p[..n]);
+            if p.len() > buf.len() {
+                buf.len() + 1
+            } else {
+                n
+            }
+        }
+    }
+
+    #[test]
+    fn the_command_task_submits_counts_refusals_and_bad_payloads() {
+        use crate::queue::FullPolicy;
+        use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+        let q: Queue<NoopRawMutex, MotionCommand, 1> = Queue::new(FullPolicy::RejectNew);
+        let payloads = [
+            br#"{"cmd":"estop"}"#.to_vec(),
+            br#"{"cmd":"stop"}"#.to_vec(),
+            b"{".to_vec(),
+            vec![b' '; PAYLOAD_MAX + 10],
+        ];
+        let mut t = CommandTask::new(
+            Payloads(payloads.into_iter().collect()),
+            &q,
+            Limits::DEFAULT,
+            RECIPES,
+        );
+        let mut step = || match embassy_futures::poll_once(core::pin::pin!(t.step())) {
+            core::task::Poll::Ready(o) => o,
+            core::task::Poll::Pending => panic!("pending"),
+        };
+        assert_eq!(step(), CommandOutcome::Submitted(Command::EmergencyStop));
+        assert_eq!(step(), CommandOutcome::Refused(Command::Stop));
+        assert_eq!(step(), CommandOutcome::Bad(CommandError::BadJson));
+        assert_eq!(step(), CommandOutcome::Bad(CommandError::BadJson));
+        assert_eq!(
+            t.stats(),
+            CommandStats {
+                submitted: 1,
+                refused: 1,
+                bad: 2
+            }
+        );
+        assert_eq!(
+            q.try_receive(),
+            Some(MotionCommand::EmergencyStop(EstopTrigger::Remote))
+        );
     }
 
     proptest! {

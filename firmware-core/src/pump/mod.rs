@@ -8,14 +8,19 @@ pub mod arch;
 pub mod command;
 pub mod dispense;
 pub mod estop;
+pub mod events;
 pub mod fluidnc;
 pub mod governor;
+pub mod identity;
 pub mod link;
 pub mod outbox;
+pub mod radio;
 pub mod stats;
 pub mod status;
 #[cfg(test)]
 mod test_support;
+pub mod web;
+pub mod websocket;
 pub mod ws;
 
 use core::fmt;

@@ -55,6 +55,7 @@ use heapless::Deque;
 
 use super::arch::ArchOption;
 use super::governor::{Governor, Priority, Transition};
+use super::identity::Identity;
 use crate::ports::{Clock, MqttPort, MqttQos};
 use crate::time::{Duration, Instant};
 
@@ -67,24 +68,37 @@ pub const DEFAULT_CAPACITY: usize = 50;
 /// Emergency-lane capacity of the default outbox.
 pub const EMERGENCY_CAPACITY: usize = 8;
 
-/// The topics the pump controller publishes and subscribes to.
+/// The topics the pump controller publishes and subscribes to, under its
+/// [`Identity`](super::identity::Identity)'s prefix (`pump/controller/` by default): a message
+/// carries one of these, and the MQTT task prefixes it when it publishes.
 pub mod topic {
     /// Retained status JSON.
-    pub const STATUS: &str = "pump/controller/status";
+    pub const STATUS: &str = "status";
     /// Alarms (E-stop, machine alarm), emergency lane.
-    pub const ALARM: &str = "pump/controller/alarm";
+    pub const ALARM: &str = "alarm";
     /// Outbox health.
-    pub const QUEUE_STATUS: &str = "pump/controller/queue/status";
+    pub const QUEUE_STATUS: &str = "queue/status";
     /// Dispense events (started, stopped).
-    pub const DISPENSE_EVENT: &str = "pump/controller/dispense/event";
+    pub const DISPENSE_EVENT: &str = "dispense/event";
     /// Dispense completed.
-    pub const DISPENSE_COMPLETE: &str = "pump/controller/dispense/complete";
+    pub const DISPENSE_COMPLETE: &str = "dispense/complete";
     /// Recipe started.
-    pub const RECIPE_START: &str = "pump/controller/recipe/start";
+    pub const RECIPE_START: &str = "recipe/start";
     /// Recipe completed.
-    pub const RECIPE_COMPLETE: &str = "pump/controller/recipe/complete";
+    pub const RECIPE_COMPLETE: &str = "recipe/complete";
     /// Commands in (subscribed).
-    pub const COMMAND: &str = "pump/controller/command";
+    pub const COMMAND: &str = "command";
+    /// Every topic above.
+    pub const ALL: [&str; 8] = [
+        STATUS,
+        ALARM,
+        QUEUE_STATUS,
+        DISPENSE_EVENT,
+        DISPENSE_COMPLETE,
+        RECIPE_START,
+        RECIPE_COMPLETE,
+        COMMAND,
+    ];
 }
 
 /// Which lane a message waits in.
@@ -132,7 +146,7 @@ impl core::error::Error for MessageError {}
 /// One MQTT message, fixed size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
-    /// Topic.
+    /// Topic under the controller's prefix (one of [`topic`]'s).
     pub topic: heapless::String<TOPIC_MAX>,
     /// Payload bytes (JSON for every topic we publish).
     pub payload: heapless::Vec<u8, PAYLOAD_MAX>,
@@ -788,6 +802,7 @@ pub struct MqttTask<'a, M: RawMutex, P, C, const W: usize, const N: usize, const
     port: P,
     clock: C,
     arch: ArchOption,
+    identity: &'a Identity,
     health: HealthReporter,
 }
 
@@ -797,13 +812,15 @@ where
     P: MqttPort,
     C: Clock,
 {
-    /// A task over `outbox` and `port`; `None` when the governor has no receiver slot left.
+    /// A task over `outbox` and `port`, publishing under `identity`'s prefix; `None` when the
+    /// governor has no receiver slot left.
     pub fn new(
         outbox: &'a SharedOutbox<M, N, E>,
         governor: &'a Governor<M, W>,
         port: P,
         clock: C,
         arch: ArchOption,
+        identity: &'a Identity,
     ) -> Option<Self> {
         let changes = governor.changed()?;
         let first = clock.now() + HealthReporter::DEFAULT_INTERVAL;
@@ -814,6 +831,7 @@ where
             port,
             clock,
             arch,
+            identity,
             health: HealthReporter::new(HealthReporter::DEFAULT_INTERVAL, first),
         })
     }
@@ -846,10 +864,11 @@ where
         match next {
             Next::Send(q) => {
                 let m = &q.msg;
-                let r = self
-                    .port
-                    .publish(m.topic.as_str(), &m.payload, m.qos, m.retain)
-                    .await;
+                // Every suffix of ours fits under the longest prefix (tested in `identity`); a
+                // topic that still does not fit is published as it is rather than lost.
+                let full = self.identity.topic(&m.topic);
+                let topic = full.as_deref().unwrap_or(m.topic.as_str());
+                let r = self.port.publish(topic, &m.payload, m.qos, m.retain).await;
                 let now = self.clock.now();
                 match r {
                     Ok(()) => self.outbox.with(|o| o.sent(q.id, now)),
@@ -1396,7 +1415,7 @@ mod tests {
             clock: Some(clock),
             ..Default::default()
         };
-        let t = MqttTask::new(shared, gov, port, clock, arch).unwrap();
+        let t = MqttTask::new(shared, gov, port, clock, arch, leak(Identity::default())).unwrap();
         (shared, gov, clock, t)
     }
 
@@ -1433,7 +1452,10 @@ mod tests {
         t.port.fail_next = 1;
         steps(&mut t, ms(550), clock);
         let p = &t.port().published;
-        assert_eq!(p[0].0, topic::ALARM);
+        assert_eq!(
+            p[0].0, "pump/controller/alarm",
+            "published under the prefix"
+        );
         assert_eq!(
             p[0].2,
             ms(100),
@@ -1473,6 +1495,6 @@ mod tests {
             Instant::ZERO + HealthReporter::DEFAULT_INTERVAL
         );
         assert!(embassy_futures::poll_once(core::pin::pin!(t.step())).is_ready());
-        assert_eq!(t.port().published[0].0, topic::QUEUE_STATUS);
+        assert_eq!(t.port().published[0].0, "pump/controller/queue/status");
     }
 }

@@ -95,6 +95,41 @@ pub(crate) fn write_json_safe(w: &mut impl Write, s: &str) -> fmt::Result {
     Ok(())
 }
 
+/// Write `s` as a JSON string literal, quotes included, escaped as RFC 8259 asks (`\"`, `\\`,
+/// `\n`, `\r`, `\t`, `\b`, `\f`, other control characters as `\u00XX`).
+pub(crate) fn write_json_string(w: &mut impl Write, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    for c in s.chars() {
+        match c {
+            '"' => w.write_str("\\\"")?,
+            '\\' => w.write_str("\\\\")?,
+            '\n' => w.write_str("\\n")?,
+            '\r' => w.write_str("\\r")?,
+            '\t' => w.write_str("\\t")?,
+            '\u{8}' => w.write_str("\\b")?,
+            '\u{c}' => w.write_str("\\f")?,
+            c if (c as u32) < 0x20 => write!(w, "\\u{:04x}", c as u32)?,
+            c => w.write_char(c)?,
+        }
+    }
+    w.write_char('"')
+}
+
+/// A `fmt::Write` into a fixed string that keeps what fits and drops the rest (for names that
+/// may be cut, where `heapless::String` alone would drop a whole piece that does not fit).
+pub(crate) struct Truncating<'a, const N: usize>(pub(crate) &'a mut heapless::String<N>);
+
+impl<const N: usize> Write for Truncating<'_, N> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for c in s.chars() {
+            if self.0.push(c).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What a platform reports about its tasks. Implemented by the board crate (scheduler run-time
 /// counters) and by the simulator (the simulated cores' accounting).
 ///
@@ -135,6 +170,17 @@ mod tests {
         assert_eq!(b.load_permille(&a, Duration::from_millis(1000)), 250);
         assert_eq!(b.load_permille(&a, Duration::ZERO), 0);
         assert_eq!(a.load_permille(&b, Duration::from_millis(1000)), 0);
+    }
+
+    #[test]
+    fn json_strings_are_escaped() {
+        let mut s: heapless::String<64> = heapless::String::new();
+        write_json_string(&mut s, "a\"b\\c\nd\u{1}é").unwrap();
+        assert_eq!(s.as_str(), r#""a\"b\\c\nd\u0001é""#);
+        let mut cut: heapless::String<4> = heapless::String::new();
+        let tail = "cdef";
+        write!(Truncating(&mut cut), "ab{tail}").unwrap();
+        assert_eq!(cut.as_str(), "abcd");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use core::fmt::{self, Write};
 
 use embassy_futures::select::select;
 use embassy_sync::blocking_mutex::raw::RawMutex;
-use embassy_sync::watch::{DynAnonReceiver, Receiver};
+use embassy_sync::watch::{DynAnonReceiver, Receiver, Watch};
 
 use super::command::HttpReply;
 use super::governor::{Governor, Priority, Transition};
@@ -234,6 +234,58 @@ impl StatusReport<'_> {
             lane,
             kind: super::outbox::Kind::Telemetry,
         }
+    }
+}
+
+/// Something that answers `GET /api/status` at the instant it is asked (the web server holds a
+/// `&dyn StatusSource`, so it need not know the governor's or the outbox's sizes).
+pub trait StatusSource {
+    /// The status reply (200) at `now`.
+    fn status_reply(&self, now: Instant) -> HttpReply;
+}
+
+/// The live state a status is made of: the same the [`StatusTask`] publishes.
+pub struct StatusView<
+    'a,
+    M: RawMutex,
+    S,
+    const W: usize,
+    const P: usize,
+    const N: usize,
+    const E: usize,
+> {
+    /// The governor.
+    pub governor: &'a Governor<M, W>,
+    /// Pump control's latest snapshot.
+    pub pumps: &'a Watch<M, PumpSnapshot, P>,
+    /// The outbox (for its depth).
+    pub outbox: &'a SharedOutbox<M, N, E>,
+    /// The platform's task statistics.
+    pub platform: S,
+    /// The instant uptime counts from.
+    pub boot: Instant,
+}
+
+impl<M, S, const W: usize, const P: usize, const N: usize, const E: usize> StatusSource
+    for StatusView<'_, M, S, W, P, N, E>
+where
+    M: RawMutex,
+    S: PlatformStats,
+{
+    fn status_reply(&self, now: Instant) -> HttpReply {
+        let snapshot = self.pumps.try_get().unwrap_or_default();
+        let mut stats = StatsReport::default();
+        self.platform.stats(&mut stats);
+        let (normal, emergency) = self.outbox.with(|o| (o.len(), o.emergency_len()));
+        StatusReport {
+            timestamp_ms: now.as_millis(),
+            priority: self.governor.get(),
+            snapshot: &snapshot,
+            uptime: now.saturating_since(self.boot),
+            queue_depth: (normal + emergency) as u16,
+            stats: &stats,
+        }
+        .http_reply()
     }
 }
 

@@ -1,8 +1,7 @@
 //! The WebSocket feed of the web UI: what to send, how often, and what the UI may send back.
 //!
-//! WebSocket framing and the upgrade handshake are the platform's (ESPAsyncWebServer-like on
-//! the board, the simulator's WebSocket server on the host); this module produces and consumes
-//! the text payloads:
+//! The upgrade handshake and the framing are the web server's ([`super::web`],
+//! [`super::websocket`]); this module produces and consumes the text payloads:
 //!
 //! * [`WsFeed`]: one small JSON frame ([`write_frame`]) at 1 Hz IDLE, 5 Hz DISPENSING, 10 Hz
 //!   EMERGENCY; a priority change sends a frame at once.

@@ -124,6 +124,17 @@ impl TxPower {
         }
     }
 
+    /// The highest option not above `dbm` (the lowest option when `dbm` is below them all), as a
+    /// radio driver rounds a requested power to its own steps.
+    pub fn at_most(dbm: f64) -> TxPower {
+        TxPower::ALL
+            .iter()
+            .rev()
+            .find(|p| p.dbm() <= dbm + 1e-9)
+            .copied()
+            .unwrap_or(TxPower::Minus1)
+    }
+
     /// The Arduino constant's name (`WIFI_POWER_5dBm`).
     pub fn arduino_name(self) -> &'static str {
         match self {
@@ -356,23 +367,35 @@ impl fmt::Display for WifiStats {
     }
 }
 
-struct Packet {
+/// What a link carries: anything that knows its size on the air.
+pub trait WireSize {
+    /// Bytes on the air (headers included).
+    fn wire_len(&self) -> usize;
+}
+
+impl WireSize for Vec<u8> {
+    fn wire_len(&self) -> usize {
+        self.len()
+    }
+}
+
+struct Packet<P> {
     air_end: Instant,
     arrive: Instant,
     /// `None` for a packet lost on the air (it still holds its airtime).
-    data: Option<Vec<u8>>,
+    data: Option<P>,
 }
 
-struct Lane {
+struct Lane<P> {
     rng: ChaCha8Rng,
     tx_free_at: Instant,
     last_arrival: Instant,
-    packets: VecDeque<Packet>,
+    packets: VecDeque<Packet<P>>,
     receiver: Option<Waker>,
     stats: WifiStats,
 }
 
-impl Lane {
+impl<P> Lane<P> {
     /// Packets still waiting for or on the air at `now`.
     fn queued(&self, now: Instant) -> usize {
         self.packets.iter().filter(|p| p.air_end > now).count()
@@ -388,11 +411,11 @@ impl Lane {
     }
 }
 
-struct LinkState {
+struct LinkState<P> {
     name: String,
     config: WifiConfig,
     connected: bool,
-    lanes: [Lane; 2],
+    lanes: [Lane<P>; 2],
 }
 
 /// A WiFi link (see the module docs). Cheap to clone; clones share the link.
@@ -402,16 +425,29 @@ struct LinkState {
 /// wifi.send(WifiDirection::Up, mqtt_bytes)?;          // from a task on core 0: charges it
 /// let pkt = wifi.recv(WifiDirection::Up).await;       // the broker side
 /// ```
-#[derive(Clone)]
-pub struct WifiLink {
-    state: Rc<RefCell<LinkState>>,
+pub struct WifiLink<P = Vec<u8>> {
+    state: Rc<RefCell<LinkState<P>>>,
     clock: SimClock,
     tracer: Tracer,
 }
 
+impl<P> Clone for WifiLink<P> {
+    fn clone(&self) -> Self {
+        WifiLink {
+            state: self.state.clone(),
+            clock: self.clock.clone(),
+            tracer: self.tracer.clone(),
+        }
+    }
+}
+
 /// Build a link named `name` (its trace source) on `kernel`, with the seeded streams
 /// `wifi:<name>:up` and `wifi:<name>:down`.
-pub fn link(kernel: &Kernel, name: &str, config: WifiConfig) -> Result<WifiLink, WifiConfigError> {
+pub fn link<P>(
+    kernel: &Kernel,
+    name: &str,
+    config: WifiConfig,
+) -> Result<WifiLink<P>, WifiConfigError> {
     config.validate()?;
     let lane = |dir: WifiDirection| Lane {
         rng: kernel.rng(&format!("wifi:{name}:{dir}")),
@@ -433,7 +469,7 @@ pub fn link(kernel: &Kernel, name: &str, config: WifiConfig) -> Result<WifiLink,
     })
 }
 
-impl WifiLink {
+impl<P: WireSize> WifiLink<P> {
     /// The settings in force.
     pub fn config(&self) -> WifiConfig {
         self.state.borrow().config.clone()
@@ -475,18 +511,19 @@ impl WifiLink {
     /// Send `packet` in `dir`. On the uplink the calling task is charged the driver's CPU time.
     /// Loss on the air is silent (the sender does not learn of it); a full queue or a dropped
     /// link refuses the packet and counts it.
-    pub fn send(&self, dir: WifiDirection, packet: Vec<u8>) -> Result<(), WifiSendError> {
+    pub fn send(&self, dir: WifiDirection, packet: P) -> Result<(), WifiSendError> {
         let now = self.clock.now();
         let mut st = self.state.borrow_mut();
         let config = st.config.clone();
         let connected = st.connected;
+        let len = packet.wire_len();
         if dir == WifiDirection::Up {
-            self.clock.charge(config.cpu_cost(packet.len()));
+            self.clock.charge(config.cpu_cost(len));
         }
         let lane = &mut st.lanes[dir.index()];
         lane.purge_lost(now);
         lane.stats.sent += 1;
-        lane.stats.bytes_sent += packet.len() as u64;
+        lane.stats.bytes_sent += len as u64;
         if !connected {
             lane.stats.disconnected += 1;
             return Err(WifiSendError::Disconnected);
@@ -501,7 +538,7 @@ impl WifiLink {
         }
         lane.stats.max_queued = lane.stats.max_queued.max(queued as u64 + 1);
         let start = lane.tx_free_at.max(now);
-        let air_end = start + config.airtime(packet.len());
+        let air_end = start + config.airtime(len);
         lane.tx_free_at = air_end;
         let jitter = lane.rng.random_range(0..=config.jitter.as_micros());
         let lost = lane.rng.random_bool(config.loss_probability());
@@ -530,7 +567,7 @@ impl WifiLink {
 
     /// Take the next packet of `dir` that has arrived, if any. On the downlink the calling task
     /// is charged the driver's CPU time.
-    pub fn try_recv(&self, dir: WifiDirection) -> Option<Vec<u8>> {
+    pub fn try_recv(&self, dir: WifiDirection) -> Option<P> {
         let now = self.clock.now();
         let mut st = self.state.borrow_mut();
         let cost = {
@@ -542,9 +579,10 @@ impl WifiLink {
                 .position(|p| p.data.is_some())
                 .filter(|&i| lane.packets[i].arrive <= now)?;
             let data = lane.packets.remove(i).and_then(|p| p.data)?;
+            let len = data.wire_len();
             lane.stats.delivered += 1;
-            lane.stats.bytes_delivered += data.len() as u64;
-            (data.len(), data)
+            lane.stats.bytes_delivered += len as u64;
+            (len, data)
         };
         if dir == WifiDirection::Down {
             self.clock.charge(st.config.cpu_cost(cost.0));
@@ -554,7 +592,7 @@ impl WifiLink {
 
     /// Wait for the next packet of `dir` (one receiver per direction). Cancel-safe: a packet
     /// leaves the link only when this completes.
-    pub async fn recv(&self, dir: WifiDirection) -> Vec<u8> {
+    pub async fn recv(&self, dir: WifiDirection) -> P {
         let mut timer: Option<(Instant, Sleep)> = None;
         poll_fn(|cx| {
             if let Some(p) = self.try_recv(dir) {
@@ -641,7 +679,7 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn bench(seed: u64, config: WifiConfig) -> (Kernel, WifiLink) {
+    fn bench(seed: u64, config: WifiConfig) -> (Kernel, WifiLink<Vec<u8>>) {
         let mut k = Kernel::new(seed);
         let w = link(&k, "wifi", config).unwrap();
         // A far timer, so that `run_for` moves time even when nothing else is due.
@@ -795,6 +833,10 @@ mod tests {
         assert_eq!("8.5dBm".parse(), Ok(TxPower::Dbm8_5));
         assert_eq!("8_5".parse(), Ok(TxPower::Dbm8_5));
         assert!("6dBm".parse::<TxPower>().is_err());
+        assert_eq!(TxPower::at_most(8.5), TxPower::Dbm8_5);
+        assert_eq!(TxPower::at_most(6.0), TxPower::Dbm5);
+        assert_eq!(TxPower::at_most(-3.0), TxPower::Minus1);
+        assert_eq!(TxPower::at_most(30.0), TxPower::Dbm20);
     }
 
     #[test]

@@ -6,70 +6,73 @@
 //!   point and is republished to the real broker (retain flag kept); messages on
 //!   `pump/controller/command` come back through the simulated WiFi downlink to the firmware's
 //!   command parser.
-//! * **HTTP + WebSocket** (default port 8081 + offset): each request goes to the firmware's
-//!   `pump::command::handle_http` (routing, validation, Basic auth `admin`/`pumpctl`); `GET /`
-//!   serves the page; `GET /api/status` answers the firmware's status report; `GET /ws` upgrades
-//!   and streams the firmware's WebSocket frames at the feed's rate (the number of connected
-//!   clients is the device's `ws_clients`, so their CPU cost lands on the network core); text
-//!   from a session with credentials is parsed as a command.
-//!
-//! Sockets live on the live runtime's threads; they reach the kernel through a bounded channel
-//! read by a world task (its wakes cross threads; a full channel makes the socket side wait), and
-//! the kernel reaches them through bounded channels too (the relay to the real broker drops and
-//! counts when full; the count is printed at shutdown). Nothing here runs in deterministic mode.
+//! * **HTTP + WebSocket** (default port 8081 + offset): a relay. Each TCP connection becomes a
+//!   connection across the simulated WiFi link to the firmware's web tasks on the network core
+//!   (`firmware_core::pump::web`): the bytes a browser sends cross the link down, the firmware
+//!   reads, parses and answers them (the page, the REST API, `/api/status` at the virtual instant
+//!   the request is complete, WebSocket sessions with the feed), and its bytes cross the link up
+//!   and go back to the browser. Nothing here reads HTTP; the relay only watches the first bytes
+//!   of a connection for a dispense request, to start the twin's command-latency probe.
 //!
 //! * **FluidNC pseudo-terminal** (`pump_fluidnc`, a `/dev/pts/N` path): a bench FluidNC board of
 //!   the same configuration (same simulated part, its own instance) on a 115200 baud simulated
 //!   UART, bridged to a PTY so that a G-code sender (or `picocom`) can talk to the simulated
 //!   board directly. It is not the pump's board: that one's UART belongs to the controller, and a
 //!   second host on it would break the controller's character counting.
+//!
+//! Sockets live on the live runtime's threads; they reach the kernel through one bounded channel
+//! read by a world task ([`TO_KERNEL_CAPACITY`]; a full channel makes the socket side wait, so
+//! nothing is lost), and the kernel reaches each connection through its own bounded channel
+//! ([`TO_CLIENT_CAPACITY`] chunks; when a client does not read and its channel fills, its
+//! connection is reset and counted, so it cannot stall the kernel or the other clients). The
+//! relay to the real broker drops and counts when full; the counts are printed at shutdown.
+//! Nothing here runs in deterministic mode.
+//!
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use anyhow::Context;
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
-use super::net::{Msg, to_motion};
+use super::net::{ConnId, Msg, Net, Segment};
 use super::{Arch, PumpDevice, PumpSpec, build};
 use crate::kernel::{Kernel, TaskSpec};
 use crate::live::pty::Pty;
 use crate::live::{LiveContext, LiveHandle, LiveTwin};
-use firmware_core::pump::command::{
-    self, Command, HttpOutcome, HttpReply, Limits, RecipeInfo, RestConfig,
-};
-use firmware_core::pump::stats::StatsReport;
-use firmware_core::pump::status::StatusReport;
-use firmware_core::time::{Duration, Instant};
-
-/// The page the twin serves at `/`.
-pub const PAGE: &str = include_str!("page.html");
 
 /// What the sockets ask of the kernel.
 #[derive(Debug)]
 enum ToKernel {
-    /// A command parsed by the firmware's REST or WebSocket path.
-    Command(Command),
     /// A payload published on the command topic.
-    Mqtt(String),
-    /// A WebSocket client came (+1) or went (−1).
-    WsClients(i32),
+    Mqtt(Vec<u8>),
+    /// A browser connected; the kernel's answers for it go to `to_client` (`None`: closed).
+    Open {
+        id: u64,
+        to_client: mpsc::Sender<Option<Vec<u8>>>,
+    },
+    /// Bytes from browser `id`.
+    Data { id: u64, bytes: Vec<u8> },
+    /// Browser `id` closed its side.
+    Close { id: u64 },
 }
 
 /// Requests from the sockets waiting for the kernel.
 const TO_KERNEL_CAPACITY: usize = 256;
 /// Deliveries waiting for the relay to the real broker.
 const TO_BROKER_CAPACITY: usize = 1024;
+/// Chunks from the controller waiting for one browser's socket.
+const TO_CLIENT_CAPACITY: usize = 64;
 
 /// `twin run --twin pump`.
 pub struct PumpTwin;
 
-/// The running live pump: keeps the bench terminal open and reports what the relay to the real
-/// broker had to drop.
+/// The running live pump: keeps the bench terminal open and reports what the relays dropped.
 struct Handle {
     _pty: Option<Pty>,
     broker_dropped: Arc<AtomicU64>,
@@ -81,9 +84,14 @@ impl LiveHandle for Handle {
         Some(&mut self.device)
     }
     fn shutdown(&mut self) -> anyhow::Result<()> {
+        let c = &self.device.net.counters;
         println!(
-            "pump: messages the broker relay dropped (queue full): {}",
-            self.broker_dropped.load(Ordering::Relaxed)
+            "pump: messages the broker relay dropped (queue full): {}; web connections reset: \
+             {} (backlog full), {} (receive buffer full), {} (client not reading)",
+            self.broker_dropped.load(Ordering::Relaxed),
+            c.tcp_refused.get(),
+            c.tcp_overflow.get(),
+            c.client_resets.get(),
         );
         Ok(())
     }
@@ -182,11 +190,6 @@ impl LiveTwin for PumpTwin {
         };
         let spec = PumpSpec::default_spec().with_arch(arch);
         let dev = build(&spec, "pump", kernel);
-        let recipes: Vec<String> = spec
-            .checked_recipes
-            .iter()
-            .map(|r| r.name.as_str().to_owned())
-            .collect();
 
         // MQTT.
         let (host, port) = match &ctx.options.broker {
@@ -213,9 +216,12 @@ impl LiveTwin for PumpTwin {
         }
         {
             let to_kernel = to_kernel.clone();
+            let client_id = dev.net.identity.client_id().to_owned();
+            let command_topic = dev.net.identity.command_topic();
             ctx.io.spawn(async move {
                 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-                let mut opts = MqttOptions::new("pump-twin", host, port);
+                // The relay stands for the controller's own MQTT session: its client id.
+                let mut opts = MqttOptions::new(client_id, host, port);
                 opts.set_keep_alive(std::time::Duration::from_secs(30));
                 opts.set_max_packet_size(64 * 1024, 64 * 1024);
                 let (client, mut events) = AsyncClient::new(opts, 256);
@@ -231,15 +237,11 @@ impl LiveTwin for PumpTwin {
                     match events.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) => {
                             let _ = client
-                                .subscribe(
-                                    firmware_core::pump::outbox::topic::COMMAND,
-                                    QoS::AtLeastOnce,
-                                )
+                                .subscribe(command_topic.as_str(), QoS::AtLeastOnce)
                                 .await;
                         }
                         Ok(Event::Incoming(Packet::Publish(p))) => {
-                            let text = String::from_utf8_lossy(&p.payload).into_owned();
-                            let _ = to_kernel.send(ToKernel::Mqtt(text)).await;
+                            let _ = to_kernel.send(ToKernel::Mqtt(p.payload.to_vec())).await;
                         }
                         Ok(_) => {}
                         Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
@@ -248,15 +250,7 @@ impl LiveTwin for PumpTwin {
             });
         }
 
-        // HTTP + WebSocket.
-        let (frames, _) = broadcast::channel::<String>(64);
-        {
-            let frames = frames.clone();
-            *dev.net.ws_sink.borrow_mut() = Some(Box::new(move |f: &str| {
-                let _ = frames.send(f.to_owned());
-            }));
-        }
-        let status = Arc::new(Mutex::new(String::from("{}")));
+        // HTTP + WebSocket: a relay into the simulated WiFi link.
         let http_addr = ctx.options.addr(8081);
         let listener = ctx
             .io
@@ -264,24 +258,7 @@ impl LiveTwin for PumpTwin {
             .with_context(|| format!("binding the pump HTTP server on {http_addr}"))?;
         let bound = listener.local_addr().context("HTTP address")?;
         ctx.services.announce("pump_http", bound.to_string());
-        let server = Server {
-            config: Arc::new(RestConfig::default()),
-            recipes: Arc::new(recipes),
-            status: status.clone(),
-            frames,
-            to_kernel,
-        };
-        ctx.io.spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let s = server.clone();
-                tokio::spawn(async move {
-                    let _ = s.serve(stream).await;
-                });
-            }
-        });
+        ctx.io.spawn(accept_loop(listener, to_kernel));
 
         let pty = match start_fluidnc_pty(kernel) {
             Ok((path, pty)) => {
@@ -294,7 +271,7 @@ impl LiveTwin for PumpTwin {
             }
         };
 
-        spawn_kernel_side(kernel, &dev, from_io, status);
+        spawn_kernel_side(kernel, &dev, from_io);
         Ok(Box::new(Handle {
             _pty: pty,
             broker_dropped,
@@ -354,240 +331,117 @@ fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<(String, Pty)> {
 /// Chunks typed into the FluidNC terminal that may wait for the simulated UART.
 const PTY_INPUT_CHUNKS: usize = 64;
 
-/// The kernel side: requests from the sockets, and the status report for `GET /api/status`.
-fn spawn_kernel_side(
-    kernel: &mut Kernel,
-    dev: &PumpDevice,
-    mut from_io: mpsc::Receiver<ToKernel>,
-    status: Arc<Mutex<String>>,
-) {
+/// The kernel side: requests from the sockets, as clients at the far end of the WiFi link.
+fn spawn_kernel_side(kernel: &mut Kernel, dev: &PumpDevice, mut from_io: mpsc::Receiver<ToKernel>) {
     let net = dev.net.clone();
     let probe = dev.board.probe.clone();
     let clock = kernel.clock();
     kernel
         .spawn(TaskSpec::world("pump.live"), async move {
+            let mut conns: BTreeMap<u64, ConnId> = BTreeMap::new();
             while let Some(msg) = from_io.recv().await {
                 match msg {
-                    ToKernel::Mqtt(text) => net.command_from_client(text),
-                    ToKernel::Command(c) => {
-                        if let Some(cmd) = to_motion(c) {
-                            if matches!(
-                                cmd,
-                                firmware_core::pump::dispense::MotionCommand::Dispense(_)
-                            ) {
+                    ToKernel::Mqtt(payload) => net.command_from_client(payload),
+                    ToKernel::Open { id, to_client } => {
+                        conns.insert(id, open(&net, to_client));
+                    }
+                    ToKernel::Data { id, bytes } => {
+                        if let Some(&conn) = conns.get(&id) {
+                            if starts_a_dose(&bytes) {
                                 probe.borrow_mut().command_sent = Some(clock.now());
                             }
-                            let _ = (net.submit.borrow_mut())(cmd);
+                            net.client_send(conn, bytes);
                         }
                     }
-                    ToKernel::WsClients(delta) => {
-                        let n = (i64::from(net.ws_clients.get()) + i64::from(delta)).max(0);
-                        net.ws_clients.set(n as u32);
+                    ToKernel::Close { id } => {
+                        if let Some(conn) = conns.remove(&id) {
+                            net.client_close(conn);
+                        }
                     }
                 }
             }
         })
         .detach();
-    let clock = kernel.clock();
-    let (fw, net_fw) = (dev.fw.clone(), dev.net_fw.clone());
-    kernel
-        .spawn(TaskSpec::world("pump.live_status"), async move {
-            let mut pumps = net_fw.pumps.dyn_anon_receiver();
-            loop {
-                let now = clock.now();
-                let snapshot = pumps.try_get().unwrap_or_default();
-                let (normal, emergency) = net_fw.outbox.with(|o| (o.len(), o.emergency_len()));
-                let stats = StatsReport::default();
-                let report = StatusReport {
-                    timestamp_ms: now.as_millis(),
-                    priority: fw.gov.get(),
-                    snapshot: &snapshot,
-                    uptime: now - Instant::ZERO,
-                    queue_depth: (normal + emergency) as u16,
-                    stats: &stats,
-                };
-                let mut text = String::new();
-                if report.write_json(&mut text, false).is_ok()
-                    && let Ok(mut s) = status.lock()
-                {
-                    *s = text;
-                }
-                clock.sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .detach();
 }
 
-#[derive(Clone)]
-struct Server {
-    config: Arc<RestConfig>,
-    recipes: Arc<Vec<String>>,
-    status: Arc<Mutex<String>>,
-    frames: broadcast::Sender<String>,
-    to_kernel: mpsc::Sender<ToKernel>,
+/// Whether the first bytes of a connection are a dispense or recipe request (the probe's start).
+fn starts_a_dose(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"POST /api/pump/start") || bytes.starts_with(b"POST /api/recipe/start")
 }
 
-const REQUEST_MAX: usize = 8 * 1024;
-
-impl Server {
-    async fn serve(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 1024];
-        loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if is_page_request(&buf) {
-                return write_raw(
-                    &mut stream,
-                    200,
-                    "text/html; charset=utf-8",
-                    PAGE.as_bytes(),
-                )
-                .await;
-            }
-            let infos: Vec<RecipeInfo<'_>> = self
-                .recipes
-                .iter()
-                .map(|n| RecipeInfo { name: n.as_str() })
-                .collect();
-            match command::handle_http(&buf, &self.config, &infos) {
-                HttpOutcome::Incomplete if buf.len() < REQUEST_MAX => continue,
-                HttpOutcome::Incomplete => {
-                    return write_reply(&mut stream, &HttpReply::error(413, "request too large"))
-                        .await;
-                }
-                HttpOutcome::Respond(r) => return write_reply(&mut stream, &r).await,
-                HttpOutcome::Execute(cmd, r) => {
-                    let _ = self.to_kernel.send(ToKernel::Command(cmd)).await;
-                    return write_reply(&mut stream, &r).await;
-                }
-                HttpOutcome::Status => {
-                    let body = self.status.lock().map(|s| s.clone()).unwrap_or_default();
-                    return write_raw(&mut stream, 200, "application/json", body.as_bytes()).await;
-                }
-                HttpOutcome::WebSocket { control } => {
-                    return self.websocket(stream, &buf, control).await;
-                }
-            }
+/// A connection across the link whose answers go to the browser's channel; a full channel (the
+/// browser does not read) resets it.
+fn open(net: &Rc<Net>, to_client: mpsc::Sender<Option<Vec<u8>>>) -> ConnId {
+    net.connect(Box::new(move |seg| match seg {
+        Segment::Data(d) => to_client.try_send(Some(d)).is_ok(),
+        Segment::Close | Segment::Reset => {
+            let _ = to_client.try_send(None);
+            true
         }
-    }
+        Segment::Open => true,
+    }))
+}
 
-    async fn websocket(
-        &self,
-        mut stream: TcpStream,
-        req: &[u8],
-        control: bool,
-    ) -> std::io::Result<()> {
-        use tokio_tungstenite::tungstenite::Message;
-        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-        use tokio_tungstenite::tungstenite::protocol::Role;
-        let Some(key) = header(req, "sec-websocket-key") else {
-            return write_reply(
-                &mut stream,
-                &HttpReply::error(400, "missing Sec-WebSocket-Key"),
-            )
-            .await;
+/// Accept browsers and relay each one's bytes (a failing `accept` backs off instead of spinning).
+async fn accept_loop(listener: TcpListener, to_kernel: mpsc::Sender<ToKernel>) {
+    let mut next = 0u64;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(_) => {
+                tokio::time::sleep(StdDuration::from_millis(100)).await;
+                continue;
+            }
         };
-        let accept = derive_accept_key(key.as_bytes());
-        let head = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await?;
-        let ws =
-            tokio_tungstenite::WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
-        let (mut tx, mut rx) = ws.split();
-        let mut frames = self.frames.subscribe();
-        let _ = self.to_kernel.send(ToKernel::WsClients(1)).await;
-        let limits = Limits::DEFAULT;
-        loop {
-            tokio::select! {
-                f = frames.recv() => match f {
-                    Ok(text) => {
-                        if tx.send(Message::text(text)).await.is_err() {
-                            break;
-                        }
-                    }
-                    // A slow client skips frames (latest-value telemetry).
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                m = rx.next() => match m {
-                    Some(Ok(Message::Text(t))) => {
-                        let infos: Vec<RecipeInfo<'_>> = self
-                            .recipes
-                            .iter()
-                            .map(|n| RecipeInfo { name: n.as_str() })
-                            .collect();
-                        let reply = if !control {
-                            "{\"error\":\"control needs credentials\"}".to_owned()
-                        } else {
-                            match command::parse_command(t.as_bytes(), &limits, &infos) {
-                                Ok(c) => {
-                                    let name = c.name();
-                                    let _ = self.to_kernel.send(ToKernel::Command(c)).await;
-                                    format!("{{\"ok\":\"{name}\"}}")
-                                }
-                                Err(e) => format!("{{\"error\":\"{e:?}\"}}"),
-                            }
-                        };
-                        if tx.send(Message::text(reply)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
-                },
-            }
-        }
-        let _ = self.to_kernel.send(ToKernel::WsClients(-1)).await;
-        Ok(())
+        next += 1;
+        // The relay must not add the host's delays to what the link model takes: small WebSocket
+        // frames go out at once.
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(relay(stream, next, to_kernel.clone()));
     }
 }
 
-fn is_page_request(buf: &[u8]) -> bool {
-    buf.starts_with(b"GET / ") || buf.starts_with(b"GET /index.html ")
-}
-
-fn header<'a>(req: &'a [u8], name: &str) -> Option<&'a str> {
-    let text = std::str::from_utf8(req).ok()?;
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-async fn write_reply(stream: &mut TcpStream, r: &HttpReply) -> std::io::Result<()> {
-    let mut out = vec![0u8; 2048];
-    match r.write_to(&mut out) {
-        Ok(n) => stream.write_all(&out[..n]).await,
-        Err(_) => {
-            write_raw(
-                stream,
-                500,
-                "application/json",
-                b"{\"error\":\"reply too long\"}",
-            )
-            .await
+async fn relay(mut stream: TcpStream, id: u64, to_kernel: mpsc::Sender<ToKernel>) {
+    let (to_client, mut from_kernel) = mpsc::channel(TO_CLIENT_CAPACITY);
+    if to_kernel
+        .send(ToKernel::Open { id, to_client })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let (mut rd, mut wr) = stream.split();
+    let mut buf = [0u8; 1460];
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            n = rd.read(&mut buf), if reading => match n {
+                Ok(0) | Err(_) => {
+                    reading = false;
+                    let _ = to_kernel.send(ToKernel::Close { id }).await;
+                }
+                Ok(n) => {
+                    let bytes = buf[..n].to_vec();
+                    if to_kernel.send(ToKernel::Data { id, bytes }).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            m = from_kernel.recv() => match m {
+                Some(Some(bytes)) => {
+                    if wr.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+                // The controller closed (or reset) the connection, or the kernel is gone.
+                Some(None) | None => break,
+            },
         }
     }
-}
-
-async fn write_raw(
-    stream: &mut TcpStream,
-    code: u16,
-    content_type: &str,
-    body: &[u8],
-) -> std::io::Result<()> {
-    let reason = if code == 200 { "OK" } else { "Error" };
-    let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await
+    let _ = wr.shutdown().await;
+    if reading {
+        let _ = to_kernel.send(ToKernel::Close { id }).await;
+    }
 }
 
 #[cfg(test)]
@@ -602,12 +456,5 @@ mod tests {
         );
         assert!(parse_broker("mqtt://nohost").is_err());
         assert!(parse_broker("mqtt://h:notaport").is_err());
-    }
-
-    #[test]
-    fn headers_are_found_case_insensitively() {
-        let req = b"GET /ws HTTP/1.1\r\nSec-WebSocket-Key: abc==\r\n\r\n";
-        assert_eq!(header(req, "sec-websocket-key"), Some("abc=="));
-        assert_eq!(header(req, "x"), None);
     }
 }

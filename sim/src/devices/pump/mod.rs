@@ -1,10 +1,12 @@
-//! `kind = "pump"`: the pump controller twin (DESIGN "Device A").
+//! `kind = "pump"`: the pump controller twin.
 //!
-//! The firmware's motion task ([`MotionTask`] with [`PumpMotion`]) runs on a simulated core
-//! against the simulated FluidNC board ([`board`]) over a 115200 8N1 UART; the network side
-//! ([`net`]: outbox, status publisher, WebSocket feed, command parser) runs on the other core and
-//! publishes through the WiFi model to a broker (a fake world task in deterministic runs, a real
-//! `rumqttd` in live mode).
+//! Wiring only: every task is a `firmware_core::pump` runner. The motion task ([`MotionTask`]
+//! with [`PumpMotion`]) runs on the pump core against the simulated FluidNC board ([`board`]) over
+//! a 115200 8N1 UART; the network core runs the event task ([`EventTask`]), the command task
+//! ([`CommandTask`]), the MQTT task ([`MqttTask`]), the status publisher ([`StatusTask`]), the web
+//! server ([`WebTask`], one per socket), the WebSocket feed ([`WsTask`]) and the radio task
+//! ([`RadioTask`]), over the ports of [`net`], which also carries all of their traffic across
+//! one WiFi link to a broker and to web clients ([`clients`]; real ones in [`live`]).
 //!
 //! Architecture options (`arch`):
 //! * `option1`: ESP32, core 1 pump control, core 0 network, the governor ignored by the network
@@ -12,12 +14,16 @@
 //! * `option2`: the same with the governor (the production design);
 //! * `option3`: two MCUs: a pump MCU (one core: motion + serial link) and a WiFi MCU (one core:
 //!   serial link + network), joined by the firmware's framed link ([`LinkTask`]) over a
-//!   simulated UART; the WiFi MCU derives the priority from the snapshots it receives.
+//!   simulated UART; the WiFi MCU's event task derives the priority from the snapshots it
+//!   receives.
 //!
-//! Core and priority map (ESP32 names): the WiFi driver's background task at 23 on the network
-//! core, the event bridge 6, the command task 5 (esp-mqtt's receive path), the MQTT task 5, status 4, WebSocket 3; motion
-//! 20 and the 10 ms control tick 15 on the pump core; the option-3 link tasks at 10.
+//! Core and priority map (ESP32 names): on the network core the WiFi driver's background task
+//! 23, the netif (lwIP's tcpip task) 18, events 6, the command task 5 (esp-mqtt's receive path)
+//! and the MQTT task 5, status 4 and the web tasks 4, the WebSocket feed 3, the radio 2 (power
+//! management is not urgent: the E-stop path and its alarm go first); on the pump core motion 20
+//! and the 10 ms control tick 15; the option-3 link tasks at 10.
 pub mod board;
+pub mod clients;
 pub mod compare;
 pub mod live;
 pub mod net;
@@ -30,32 +36,45 @@ use embassy_sync::signal::Signal;
 use embassy_sync::watch::Watch;
 use embedded_io_async::{ErrorType, Read, Write};
 use firmware_core::pump::arch::ArchOption;
+use firmware_core::pump::command::{
+    CommandOutcome, CommandStats, CommandTask, Limits, RecipeInfo, RestConfig,
+};
 use firmware_core::pump::dispense::{
-    MotionChannels, MotionCommand, MotionConfig, MotionSnapshot, MotionTask, PumpMotion, Recipe,
-    RecipeStep,
+    MotionChannels, MotionCommand, MotionConfig, MotionSnapshot, MotionTask, PumpEvent, PumpMotion,
+    Recipe, RecipeStep,
 };
 use firmware_core::pump::estop::{EstopButton, EstopTrigger, LedPattern};
-use firmware_core::pump::governor::Reason;
-use firmware_core::pump::link::LinkSource;
+use firmware_core::pump::events::{EventTask, GovernorRole};
+use firmware_core::pump::identity::Identity;
 use firmware_core::pump::link::{
-    LinkConfig, LinkEndpoint, LinkEvent, LinkTask, PumpSource, PumpToHost, QueueSink, QueueSource,
+    LinkConfig, LinkEndpoint, LinkEvent, LinkSource, LinkTask, PumpSource, PumpToHost, QueueSink,
+    QueueSource,
 };
 use firmware_core::pump::outbox::{DrainConfig, MqttTask, SharedOutbox, topic};
+use firmware_core::pump::radio::{RadioTask, TxPower as FwTxPower, TxPowerLevels};
 use firmware_core::pump::stats::NoStats;
-use firmware_core::pump::status::{PumpSnapshot, StatusTask};
+use firmware_core::pump::status::{PumpSnapshot, StatusTask, StatusView};
+use firmware_core::pump::web::{PAGE, WebConfig, WebContext, WebCounters, WebTask, WsHub};
 use firmware_core::pump::ws::WsTask;
-use firmware_core::pump::{DispenseRequest, Governor, Priority, Pump};
+use firmware_core::pump::{DispenseRequest, Governor, Pump};
 use firmware_core::queue::{FullPolicy, Queue};
 use firmware_core::time::{Duration, Instant};
 use serde::Deserialize;
 
 use self::board::{Board, Probe, Tap};
-use self::net::{Broker, Net, NetCounters, SimMqtt, SimWs, pump_snapshot, push_event};
+use self::clients::WsClients;
+use self::net::{Net, ObservedFeed, SimCommands, SimMqtt, SimRadio, SimSocket};
 use super::{Device, DeviceSpec, StateValue, from_table, serde_duration};
 use crate::kernel::{CoreId, Kernel, SimClock, TaskSpec};
 use crate::periph::fluidnc::{FluidncBoard, FluidncConfig};
 use crate::periph::uart::{self, UartConfig, UartLink, UartPort};
 use crate::periph::wifi::{self, TxPower, WifiConfig};
+
+/// Server sockets of the web port, one web task each: the WebSocket sessions and HTTP requests
+/// served at once (the comparison runs up to 10 WebSocket clients).
+pub const WEB_SOCKETS: usize = 12;
+/// CPU time of one poll of a web task (parsing, formatting, the socket calls).
+pub const WEB_POLL_COST: Duration = Duration::from_micros(50);
 
 /// Architecture option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -173,8 +192,46 @@ pub struct PumpSpec {
     ws_clients: u32,
     #[serde(default, rename = "recipe")]
     recipes: Vec<RecipeTable>,
+    /// The MQTT identity (`prefix`, `client_id`).
+    #[serde(default)]
+    mqtt: Option<MqttTable>,
+    /// The governor's TX power per priority.
+    #[serde(default)]
+    tx_power_levels: Option<LevelsTable>,
     #[serde(skip)]
     checked_recipes: Vec<Recipe>,
+    #[serde(skip)]
+    checked_identity: Identity,
+    #[serde(skip)]
+    checked_levels: TxPowerLevels,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MqttTable {
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    client_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LevelsTable {
+    #[serde(default)]
+    idle: Option<String>,
+    #[serde(default)]
+    dispensing: Option<String>,
+    #[serde(default)]
+    emergency: Option<String>,
+}
+
+/// A TX power level as scenarios write it (`"8.5dBm"`), in the firmware's quarter dBm.
+fn level(text: &str) -> Result<FwTxPower, String> {
+    let p: TxPower = text.parse().map_err(|_| {
+        format!("tx power `{text}`: expected one of the ESP32's levels, e.g. 11dBm")
+    })?;
+    Ok(FwTxPower::from_quarter_dbm((p.dbm() * 4.0).round() as i8))
 }
 
 fn default_estop_poll() -> Duration {
@@ -184,7 +241,7 @@ fn default_ml_per_mm() -> f32 {
     0.05
 }
 
-const ACTIONS: &str = "dispense, recipe, estop, resume, stop, mqtt.command, ws.connect, wifi, \
+const ACTIONS: &str = "dispense, recipe, estop, resume, stop, mqtt.command, http, ws.connect, wifi, \
     wifi.disconnect, wifi.reconnect, wifi.load, broker.down, broker.up, fluidnc.alarm, \
     fluidnc.never_idle, fluidnc.disconnect, fluidnc.reconnect, fluidnc.garbage, fluidnc.stuck";
 
@@ -212,6 +269,45 @@ struct NameAction {
 #[serde(deny_unknown_fields)]
 struct JsonAction {
     json: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpAction {
+    #[serde(default = "get")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    body: String,
+    /// `user:password` for Basic auth.
+    #[serde(default)]
+    auth: Option<String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+impl HttpAction {
+    /// The request a browser would send.
+    fn request(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        let auth = self.auth.as_deref().map_or(String::new(), |a| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(a)
+            )
+        });
+        format!(
+            "{} {} HTTP/1.1\r\nHost: pump\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+            self.method,
+            self.path,
+            self.body.len(),
+            self.body
+        )
+        .into_bytes()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,7 +418,44 @@ impl PumpSpec {
             return Err("at most 8 recipes".into());
         }
         spec.checked_recipes = recipes;
+        if let Some(m) = &spec.mqtt {
+            let d = Identity::default();
+            spec.checked_identity = Identity::new(
+                m.prefix.as_deref().unwrap_or(d.prefix()),
+                m.client_id.as_deref().unwrap_or(d.client_id()),
+            )
+            .map_err(|e| format!("mqtt: {e}"))?;
+        }
+        if let Some(l) = &spec.tx_power_levels {
+            let mut levels = TxPowerLevels::DEFAULT;
+            for (slot, text) in [
+                (&mut levels.idle, &l.idle),
+                (&mut levels.dispensing, &l.dispensing),
+                (&mut levels.emergency, &l.emergency),
+            ] {
+                if let Some(t) = text {
+                    *slot = level(t)?;
+                }
+            }
+            spec.checked_levels = levels;
+        }
         Ok(spec)
+    }
+
+    /// The same spec with another MQTT identity (a fleet member's).
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.checked_identity = identity;
+        self
+    }
+
+    /// The MQTT identity.
+    pub fn identity(&self) -> Identity {
+        self.checked_identity.clone()
+    }
+
+    /// The governor's TX power levels.
+    pub fn tx_levels(&self) -> TxPowerLevels {
+        self.checked_levels
     }
 
     /// The same spec with another architecture option.
@@ -431,6 +564,13 @@ impl DeviceSpec for PumpSpec {
                 }
             }
             "mqtt.command" => from_table::<JsonAction>(params).map(|_| ()),
+            "http" => {
+                let a: HttpAction = from_table(params)?;
+                if !matches!(a.method.as_str(), "GET" | "POST") || !a.path.starts_with('/') {
+                    return Err("http: method GET or POST, path starting with /".into());
+                }
+                Ok(())
+            }
             "ws.connect" => from_table::<ClientsAction>(params).map(|_| ()),
             "wifi" => check_wifi(&from_table::<WifiTable>(params)?),
             "wifi.load" => {
@@ -483,7 +623,14 @@ impl DeviceSpec for PumpSpec {
             | "control.missed"
             | "control.max_late_us"
             | "led"
-            | "link.retransmitted" => Ok(()),
+            | "ws.sessions"
+            | "ws.received"
+            | "http.requests"
+            | "http.ttfb_p50_ms"
+            | "tcp.refused"
+            | "tcp.overflow"
+            | "commands.dropped"
+            | "wifi.tx_power" => Ok(()),
             other => Err(format!("pump has no state `{other}` (states: {STATES})")),
         }
     }
@@ -509,9 +656,13 @@ pub struct Fw {
     up: Queue<NoopRawMutex, PumpToHost, 32>,
     /// Link state of this MCU's end (option 3).
     link_state: Signal<NoopRawMutex, LinkEvent>,
+    /// The WebSocket feed's frames for every session.
+    pub hub: WsHub<NoopRawMutex, WEB_SOCKETS>,
+    /// The web server's counters.
+    pub web: WebCounters<NoopRawMutex>,
 }
 
-/// Governor receivers: MQTT task, status publisher, WebSocket feed, one spare.
+/// Governor receivers: MQTT task, status publisher, WebSocket feed, radio.
 pub const GOV_RECEIVERS: usize = 4;
 
 impl Fw {
@@ -524,7 +675,39 @@ impl Fw {
             cmds: Queue::new(FullPolicy::RejectNew),
             up: Queue::new(FullPolicy::DropOldest),
             link_state: Signal::new(),
+            hub: WsHub::new(),
+            web: WebCounters::new(),
         }
+    }
+
+    /// Where this MCU's network side sends commands: pump control's queue, or the link's
+    /// (option 3).
+    fn command_queue(&self, three: bool) -> &Queue<NoopRawMutex, MotionCommand, 8> {
+        if three {
+            &self.cmds
+        } else {
+            &self.channels.commands
+        }
+    }
+}
+
+/// The event task's source, watched by the twin on the way (the `resume.dispensed_ml` state).
+struct Observed<S> {
+    inner: S,
+    net: Rc<Net>,
+}
+
+impl<S: LinkSource<Item = PumpToHost>> LinkSource for Observed<S> {
+    type Item = PumpToHost;
+    async fn next(&mut self) -> PumpToHost {
+        let m = self.inner.next().await;
+        if let PumpToHost::Event(PumpEvent::Resumed { dispensed_ml }) = &m {
+            self.net
+                .counters
+                .resumed_ml
+                .set(dispensed_ml.iter().map(|&v| f64::from(v)).sum());
+        }
+        m
     }
 }
 
@@ -581,6 +764,10 @@ pub struct PumpDevice {
     control: Rc<ControlStats>,
     /// The status LED's pattern, as the firmware drives it.
     led: Rc<Cell<LedPattern>>,
+    /// The command task's counters.
+    command_stats: Rc<Cell<CommandStats>>,
+    /// The scenario's WebSocket clients.
+    ws_clients: WsClients,
 }
 
 #[derive(Default)]
@@ -786,72 +973,96 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
     };
 
     // The network side.
-    let submit: Box<dyn FnMut(MotionCommand) -> bool> = {
-        let (h, three) = (net_fw.clone(), spec.arch == Arch::Option3);
-        Box::new(move |cmd| {
-            if three {
-                h.cmds.offer(cmd).is_queued()
-            } else {
-                h.channels.commands.offer(cmd).is_queued()
-            }
-        })
-    };
-    let net = Rc::new(Net {
-        name: name.to_owned(),
-        clock: clock.clone(),
-        tracer: tracer.clone(),
-        wifi: wifi::link(kernel, &format!("{name}.wifi"), spec.wifi_config())
-            .unwrap_or_else(|_| unreachable!("the wifi table was checked")),
-        wifi_base: RefCell::new(spec.wifi_config()),
-        airtime: Cell::new(0.0),
-        cpu_load: Cell::new(0.0),
-        broker: RefCell::new(Broker::new()),
-        snapshot: Cell::new(Default::default()),
-        unshown_since: Cell::new(None),
-        ws_clients: Cell::new(spec.ws_clients),
-        mqtt_connected: Cell::new(true),
-        counters: NetCounters::default(),
-        load_kick: Signal::new(),
-        submit: RefCell::new(submit),
-        ws_sink: RefCell::new(None),
-        recipes: spec
-            .checked_recipes
+    let identity = spec.identity();
+    let wifi = wifi::link(kernel, &format!("{name}.wifi"), spec.wifi_config())
+        .unwrap_or_else(|_| unreachable!("the wifi table was checked"));
+    let net = Rc::new(Net::new(
+        name,
+        clock.clone(),
+        tracer.clone(),
+        identity,
+        wifi,
+        spec.wifi_config(),
+    ));
+    let recipe_names: Rc<Vec<String>> = Rc::new(
+        spec.checked_recipes
             .iter()
             .map(|r| r.name.as_str().to_owned())
             .collect(),
-    });
+    );
+    let three = spec.arch == Arch::Option3;
     type Task = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
-    let mut net_task = |task: &str, prio: u8, fut: Task| {
+    let mut net_task = |task: &str, prio: u8, cost: Duration, fut: Task| {
         kernel
             .spawn(
-                TaskSpec::on_core(
-                    format!("{name}.{task}"),
-                    net_core,
-                    prio,
-                    Duration::from_micros(20),
-                ),
+                TaskSpec::on_core(format!("{name}.{task}"), net_core, prio, cost),
                 fut,
             )
             .detach();
     };
-    net_task("wifi", 23, Box::pin(net.clone().wifi_load_task()));
+    let poll = Duration::from_micros(20);
+    net_task("wifi", 23, poll, Box::pin(net.clone().wifi_load_task()));
+    // lwIP's tcpip task sits just below the WiFi driver's.
+    net_task(
+        "netif",
+        18,
+        Duration::from_micros(10),
+        Box::pin(net.clone().netif_task()),
+    );
     // esp-mqtt hands received messages over in its own task, the one that publishes: the
     // command path shares the MQTT task's priority.
-    net_task("cmd", 5, Box::pin(net.clone().cmd_task()));
+    let command_stats = Rc::new(Cell::new(CommandStats::default()));
+    {
+        let (f, n, names, st) = (
+            net_fw.clone(),
+            net.clone(),
+            recipe_names.clone(),
+            command_stats.clone(),
+        );
+        net_task(
+            "cmd",
+            5,
+            poll,
+            Box::pin(async move {
+                let fw = f;
+                let infos: Vec<RecipeInfo<'_>> =
+                    names.iter().map(|n| RecipeInfo { name: n }).collect();
+                let sink = fw.command_queue(three);
+                let port = SimCommands { net: n.clone() };
+                let mut t = CommandTask::new(port, sink, Limits::DEFAULT, &infos);
+                let source = format!("{}.net", n.name);
+                loop {
+                    let outcome = t.step().await;
+                    st.set(t.stats());
+                    match outcome {
+                        CommandOutcome::Submitted(_) => {}
+                        CommandOutcome::Refused(_) => n
+                            .tracer
+                            .record(&source, "command refused: motion queue full"),
+                        CommandOutcome::Bad(e) => {
+                            n.tracer.record(&source, format!("bad command: {e}"))
+                        }
+                    }
+                }
+            }),
+        );
+    }
     let arch = spec.arch.firmware();
     {
         let (f, n, c) = (net_fw.clone(), net.clone(), clock.clone());
         net_task(
             "mqtt",
             5,
+            poll,
             Box::pin(async move {
                 let fw = f;
                 let depth_of = fw.clone();
+                let identity = n.identity.clone();
                 let port = SimMqtt {
                     net: n,
                     outbox: Rc::new(move || depth_of.outbox.with(|o| o.len() + o.emergency_len())),
                 };
-                if let Some(mut t) = MqttTask::new(&fw.outbox, &fw.gov, port, c, arch) {
+                if let Some(mut t) = MqttTask::new(&fw.outbox, &fw.gov, port, c, arch, &identity) {
                     t.run().await;
                 }
             }),
@@ -862,6 +1073,7 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
         net_task(
             "status",
             4,
+            poll,
             Box::pin(async move {
                 let fw = f;
                 if let Some(mut t) = StatusTask::new(
@@ -877,54 +1089,127 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
             }),
         );
     }
+    // The web server: one task per socket, each parsing, answering and running its WebSocket
+    // session on the network core.
+    for i in 0..WEB_SOCKETS {
+        let (f, n, c, names) = (
+            net_fw.clone(),
+            net.clone(),
+            clock.clone(),
+            recipe_names.clone(),
+        );
+        net_task(
+            &format!("web{i}"),
+            4,
+            WEB_POLL_COST,
+            Box::pin(async move {
+                let fw = f;
+                let infos: Vec<RecipeInfo<'_>> =
+                    names.iter().map(|n| RecipeInfo { name: n }).collect();
+                let status = StatusView {
+                    governor: &fw.gov,
+                    pumps: &fw.pumps,
+                    outbox: &fw.outbox,
+                    platform: NoStats,
+                    boot: Instant::ZERO,
+                };
+                let ctx = WebContext::new(
+                    WebConfig {
+                        rest: RestConfig::default(),
+                        recipes: &infos,
+                        page: PAGE,
+                    },
+                    &status,
+                    fw.command_queue(three),
+                    &fw.hub,
+                    &fw.web,
+                );
+                WebTask::new(SimSocket::new(n), c, &ctx).run().await
+            }),
+        );
+    }
     {
         let (f, n, c) = (net_fw.clone(), net.clone(), clock.clone());
         net_task(
             "ws",
             3,
+            poll,
             Box::pin(async move {
                 let fw = f;
-                let sink = SimWs { net: n, last: None };
+                let counters = fw.clone();
+                let sink = ObservedFeed {
+                    inner: &fw.hub,
+                    net: n,
+                    sessions: Rc::new(move || counters.web.get().open_sessions),
+                    last: None,
+                };
                 if let Some(mut t) = WsTask::new(&fw.gov, fw.pumps.dyn_anon_receiver(), sink, c) {
                     t.run().await;
                 }
             }),
         );
     }
-    // The bridge: motion events and snapshots into the network side's outbox and watch.
-    let bridge: Task = if spec.arch == Arch::Option3 {
-        let (h, n) = (net_fw.clone(), net.clone());
-        Box::pin(async move {
-            loop {
-                match h.up.receive().await {
-                    PumpToHost::Event(ev) => push_event(&h.outbox, &n, &ev),
-                    PumpToHost::Snapshot(s) => {
-                        n.set_snapshot(s);
-                        h.pumps.sender().send(pump_snapshot(&s));
-                        mirror_priority(&h.gov, &s);
-                    }
+    {
+        // Power management is not urgent: the E-stop path and its alarm go first.
+        let (f, n, c, levels) = (net_fw.clone(), net.clone(), clock.clone(), spec.tx_levels());
+        net_task(
+            "radio",
+            2,
+            poll,
+            Box::pin(async move {
+                let fw = f;
+                if let Some(mut t) = RadioTask::new(&fw.gov, SimRadio { net: n }, c, levels) {
+                    t.run().await;
                 }
-            }
-        })
-    } else {
-        let (f, n) = (fw.clone(), net.clone());
-        Box::pin(async move {
-            let fw = f;
-            let Some(mut source) = PumpSource::new(&fw.channels) else {
-                return;
-            };
-            loop {
-                match source.next().await {
-                    PumpToHost::Event(ev) => push_event(&fw.outbox, &n, &ev),
-                    PumpToHost::Snapshot(s) => {
-                        n.set_snapshot(s);
-                        fw.pumps.sender().send(pump_snapshot(&s));
-                    }
+            }),
+        );
+    }
+    // The event task: motion events and snapshots into the network side's outbox and watch.
+    {
+        let (f, pump_side, n, c) = (net_fw.clone(), fw.clone(), net.clone(), clock.clone());
+        net_task(
+            "events",
+            6,
+            poll,
+            Box::pin(async move {
+                let fw = f;
+                if three {
+                    let source = Observed {
+                        inner: QueueSource(&fw.up),
+                        net: n,
+                    };
+                    EventTask::new(
+                        source,
+                        &fw.outbox,
+                        &fw.pumps,
+                        &fw.gov,
+                        GovernorRole::Mirror,
+                        c,
+                    )
+                    .run()
+                    .await
+                } else {
+                    let Some(source) = PumpSource::new(&pump_side.channels) else {
+                        return;
+                    };
+                    let source = Observed {
+                        inner: source,
+                        net: n,
+                    };
+                    EventTask::new(
+                        source,
+                        &fw.outbox,
+                        &fw.pumps,
+                        &fw.gov,
+                        GovernorRole::Local,
+                        c,
+                    )
+                    .run()
+                    .await
                 }
-            }
-        })
-    };
-    net_task("bridge", 6, bridge);
+            }),
+        );
+    }
     // The UI lag runs from a pump-side change the operator must see (a pump starting or
     // stopping, dispensing, emergency, alarm; not the running totals), measured by a free
     // observer, not firmware. The same observer watches the status LED the firmware drives.
@@ -963,10 +1248,12 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
     }
     kernel
         .spawn(
-            TaskSpec::world(format!("{name}.broker")),
-            net.clone().broker_task(),
+            TaskSpec::world(format!("{name}.air")),
+            net.clone().air_task(),
         )
         .detach();
+    let mut ws_clients = WsClients::default();
+    ws_clients.set(&net, spec.ws_clients);
 
     PumpDevice {
         name: name.to_owned(),
@@ -981,6 +1268,8 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
         estop_input: spec.estop_input,
         control,
         led,
+        command_stats,
+        ws_clients,
     }
 }
 
@@ -1050,11 +1339,21 @@ impl Device for PumpDevice {
                 if a.json.contains("\"dispense\"") || a.json.contains("\"recipe\"") {
                     self.board.probe.borrow_mut().command_sent = Some(now);
                 }
-                self.net.command_from_client(a.json);
+                self.net.command_from_client(a.json.into_bytes());
+            }
+            "http" => {
+                let a: HttpAction = from_table(params)?;
+                if a.method == "POST"
+                    && (a.path.starts_with("/api/pump/start")
+                        || a.path.starts_with("/api/recipe/start"))
+                {
+                    self.board.probe.borrow_mut().command_sent = Some(now);
+                }
+                clients::http(&self.net, a.request(), format!("{} {}", a.method, a.path));
             }
             "ws.connect" => {
                 let a: ClientsAction = from_table(params)?;
-                self.net.ws_clients.set(a.clients);
+                self.ws_clients.set(&self.net, a.clients);
             }
             "wifi" => {
                 let a: WifiTable = from_table(params)?;
@@ -1096,7 +1395,7 @@ impl Device for PumpDevice {
         if let Some(rest) = key.strip_prefix("pump.") {
             let (p, field) = rest.split_once('.')?;
             let p = pump_of(p).ok()?;
-            let s = self.net.snapshot.get().pumps[p.index()];
+            let s = self.net_fw.pumps.try_get().unwrap_or_default().pumps[p.index()];
             return match field {
                 "active" => Some(StateValue::Bool(s.active)),
                 "dispensed_ml" => Some(StateValue::Float(f64::from(s.dispensed_ml))),
@@ -1121,45 +1420,38 @@ impl Device for PumpDevice {
                 b.first_after_estop.clone().unwrap_or_default(),
             )),
             "mqtt.retained_status" => Some(StateValue::Text(
-                b.retained.get(topic::STATUS).cloned().unwrap_or_default(),
+                self.net
+                    .identity
+                    .topic(topic::STATUS)
+                    .and_then(|t| b.retained.get(t.as_str()).cloned())
+                    .unwrap_or_default(),
             )),
-            "ws.frames" => int(self.net.counters.ws_frames.get()),
+            "ws.frames" => int(u64::from(self.net_fw.web.get().frames)),
+            "ws.sessions" => int(u64::from(self.net_fw.web.get().open_sessions)),
+            "ws.received" => int(self.ws_clients.received()),
+            "http.requests" => int(u64::from(self.net_fw.web.get().requests)),
+            "http.ttfb_p50_ms" => Some(StateValue::Float(
+                self.net
+                    .ttfb_median()
+                    .map_or(0.0, |d| d.as_micros() as f64 / 1000.0),
+            )),
+            "tcp.refused" => int(self.net.counters.tcp_refused.get()),
+            "tcp.overflow" => int(self.net.counters.tcp_overflow.get()),
+            "commands.dropped" => int(self.net.counters.commands_dropped.get()),
+            "wifi.tx_power" => Some(StateValue::Text(
+                self.net.wifi.config().tx_power.to_string(),
+            )),
             "fluidnc.state" => Some(StateValue::Text(self.board.machine().into())),
             "resume.dispensed_ml" => Some(StateValue::Float(self.net.counters.resumed_ml.get())),
             "events.lost" => int(u64::from(self.fw.channels.events.stats().lost())),
-            "commands.bad" => int(self.net.counters.commands_bad.get()),
-            "commands.refused" => int(self.net.counters.commands_refused.get()),
+            "commands.bad" => int(u64::from(self.command_stats.get().bad)),
+            "commands.refused" => int(u64::from(
+                self.command_stats.get().refused + self.net_fw.web.get().commands_refused,
+            )),
             "control.missed" => int(self.control.missed.get()),
             "control.max_late_us" => int(self.control.max_late.get().as_micros()),
             "led" => Some(StateValue::Text(format!("{:?}", self.led.get()))),
             _ => None,
-        }
-    }
-}
-
-/// The WiFi MCU's governor follows the pump MCU's snapshots (option 3).
-fn mirror_priority(gov: &Governor<NoopRawMutex, GOV_RECEIVERS>, s: &MotionSnapshot) {
-    let want = if s.emergency {
-        Priority::Emergency
-    } else if s.dispensing {
-        Priority::Dispensing
-    } else {
-        Priority::Idle
-    };
-    match (gov.get(), want) {
-        (a, b) if a == b => {}
-        (_, Priority::Emergency) => {
-            gov.emergency(Reason::EmergencyStop);
-        }
-        (Priority::Emergency, p) => {
-            gov.resume();
-            gov.request(p, Reason::DispenseStarted);
-        }
-        (_, Priority::Dispensing) => {
-            gov.request(Priority::Dispensing, Reason::DispenseStarted);
-        }
-        (_, _) => {
-            gov.request(Priority::Idle, Reason::DispenseFinished);
         }
     }
 }

@@ -1,44 +1,60 @@
-//! The pump controller's network side in the twin: the platform ports the firmware's network
-//! tasks run on, and the fake MQTT broker of deterministic runs.
+//! The pump controller's network in the twin: the platform ports its firmware tasks run on, the
+//! WiFi link they share, and what is at the far end of it (the broker, browsers, scenario
+//! clients).
 //!
-//! The firmware's own tasks do the work (`firmware_core::pump::{outbox, status, ws, command}`):
-//! the MQTT task drains the outbox by the governor's priority, the status publisher and the
-//! WebSocket feed keep their cadence. This module supplies what a board would: an
-//! [`MqttPort`] over the WiFi model ([`SimMqtt`]), a [`WsSink`] that charges the network core per
-//! client ([`SimWs`]), the task that turns motion events into outbox messages ([`event_message`]),
-//! and the command task that hands subscribed payloads to the firmware's parser.
+//! Every decision is the firmware's (`firmware_core::pump::{outbox, events, command, web, ws,
+//! radio}`); this module is what a board's network stack and radio driver would be:
 //!
-//! **WiFi.** Publishes go up and commands come down the packet link of `sim::periph::wifi`,
-//! which charges the calling task the driver's CPU time (the MQTT task on a publish, the command
-//! task on a receive), queues packets for the air, and delivers them after latency and seeded
-//! jitter, or loses them. Background traffic takes a share of the link's bandwidth (`airtime`)
-//! and of the network core (the WiFi task's `cpu_load`). A QoS 1 publish returns after the way
-//! there and back (the PUBACK). A disconnected link, a full driver queue or a broker that is down
-//! refuses the publish at once: the outbox keeps the message and retries with its backoff.
+//! * **One WiFi link** (`sim::periph::wifi`) carries everything as [`Packet`]s: MQTT publishes
+//!   up, command publishes down, and TCP segments of the web server's connections both ways. So
+//!   HTTP, WebSocket and MQTT share the air, its latency, jitter, loss and bandwidth, and the
+//!   WiFi driver's CPU time on the network core (a send charges the sending task, a receive the
+//!   [`netif_task`](Net::netif_task)).
+//! * **The netif task** (on the network core) takes what arrives down and hands it on: command
+//!   payloads into a queue for the command task, TCP segments into the sockets.
+//! * **Ports**: [`SimMqtt`] ([`MqttPort`]), [`SimCommands`] ([`CommandPort`]), [`SimSocket`]
+//!   ([`TcpSocket`]), [`SimRadio`] ([`WifiRadio`]: the link's `tx_power`).
+//! * **The far side** (world tasks, no CPU): [`air_task`](Net::air_task) takes what arrives up;
+//!   publishes go to the fake broker of deterministic runs, which keeps retained messages and
+//!   records each delivery as an event `<device>.mqtt` `<topic> <payload>` with its latency
+//!   (`<device>.mqtt.latency_ms`, from the payload's `timestamp`); TCP segments go to the client
+//!   of their connection ([`Net::connect`]): a scenario's HTTP or WebSocket client, or a live
+//!   socket's relay.
 //!
-//! **Broker.** A world task that takes what arrives, keeps retained messages, and records each
-//! delivery as an event `<device>.mqtt` `<topic> <payload>`, with the delivery latency (from
-//! the `timestamp` the firmware writes into status, alarm and event payloads) as
-//! `<device>.mqtt.latency_ms`.
+//! # TCP, simplified
+//! A connection is opened by the client's `Open` segment arriving at the netif (no handshake
+//! round trip), carries `Data` both ways, and ends with `Close` (either side) or `Reset`. A lost
+//! packet is lost: there is no retransmission, so a lost segment shows as a stalled request (the
+//! firmware's request timeout closes it). Bounds and their full policies, each counted in
+//! [`NetCounters`]:
+//!
+//! | queue | bound | when full |
+//! |---|---|---|
+//! | accept backlog | [`BACKLOG`] connections | the new connection is reset (`tcp_refused`) |
+//! | a socket's receive buffer | [`SOCKET_RX`] bytes | the connection is reset (`tcp_overflow`) |
+//! | command payloads | [`COMMAND_QUEUE`] | the newest is dropped (`commands_dropped`) |
+//! | the link's transmit queue | `WifiConfig::queue_packets` | a socket write waits and retries every [`TX_RETRY`]; a publish fails (the outbox retries) |
+//! | a client's inbound segments | the client's own (live: [`super::live`]) | the connection is reset (`client_resets`) |
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::poll_fn;
 use std::rc::Rc;
+use std::task::{Poll, Waker};
 
 use embassy_futures::select::select;
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::signal::Signal;
 use firmware_core::ports::{MqttPort, MqttQos};
-use firmware_core::pump::command::{self, Command, Limits, RecipeInfo};
-use firmware_core::pump::dispense::{AlarmKind, MotionCommand, MotionSnapshot, PumpEvent};
-use firmware_core::pump::estop::EstopTrigger;
-use firmware_core::pump::outbox::{Message, SharedOutbox, alarm_message, topic};
-use firmware_core::pump::status::PumpSnapshot;
+use firmware_core::pump::command::CommandPort;
+use firmware_core::pump::identity::Identity;
+use firmware_core::pump::outbox::topic;
+use firmware_core::pump::radio::{TxPower as FwTxPower, WifiRadio};
+use firmware_core::pump::web::TcpSocket;
 use firmware_core::pump::ws::WsSink;
 use firmware_core::time::{Duration, Instant};
 
 use crate::kernel::{SimClock, Tracer};
-use crate::periph::wifi::{WifiConfig, WifiDirection, WifiLink, WifiSendError};
+use crate::periph::wifi::{TxPower, WifiConfig, WifiDirection, WifiLink, WifiSendError, WireSize};
 
 type Kick = Signal<NoopRawMutex, ()>;
 
@@ -53,10 +69,62 @@ pub struct Msg {
     pub retain: bool,
 }
 
+/// A TCP connection of the web server, numbered by the far side.
+pub type ConnId = u64;
+
+/// A TCP segment, as far as the twin models one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// The client opens the connection.
+    Open,
+    /// Bytes.
+    Data(Vec<u8>),
+    /// An orderly close.
+    Close,
+    /// The connection is gone.
+    Reset,
+}
+
+/// What crosses the WiFi link.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Packet {
+    /// An MQTT PUBLISH from the controller (up).
+    Publish(Msg),
+    /// A PUBLISH on the command topic, from the broker (down).
+    Command(Vec<u8>),
+    /// A TCP segment of connection `conn` (either way).
+    Tcp {
+        /// The connection.
+        conn: ConnId,
+        /// The segment.
+        seg: Segment,
+    },
+}
+
+/// IPv4 + TCP headers.
+const TCP_IP: usize = 40;
+
+impl WireSize for Packet {
+    fn wire_len(&self) -> usize {
+        match self {
+            // Fixed header, topic length, topic, packet id, payload.
+            Packet::Publish(m) => TCP_IP + 2 + 2 + m.topic.len() + 2 + m.payload.len(),
+            Packet::Command(p) => TCP_IP + 2 + 2 + 24 + p.len(),
+            Packet::Tcp {
+                seg: Segment::Data(d),
+                ..
+            } => TCP_IP + d.len(),
+            Packet::Tcp { .. } => TCP_IP,
+        }
+    }
+}
+
 /// Where delivered messages go besides the trace (the live twin's real broker).
 pub type Forward = Box<dyn FnMut(&Msg)>;
-/// Where WebSocket frames go (the live twin's server).
-pub type FrameSink = Box<dyn FnMut(&str)>;
+
+/// The client end of a connection: takes each segment that arrives from the controller;
+/// `false` when it cannot (gone, or its buffer is full), which resets the connection.
+pub type ClientEnd = Box<dyn FnMut(Segment) -> bool>;
 
 /// Why a publish did not leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -105,22 +173,71 @@ impl Broker {
     }
 }
 
-/// Counters of the network side.
+/// Connections waiting for a web task.
+pub const BACKLOG: usize = 4;
+/// A socket's receive buffer, bytes (embassy-net's sockets take their buffers from the board).
+pub const SOCKET_RX: usize = 4096;
+/// Command payloads waiting for the command task.
+pub const COMMAND_QUEUE: usize = 8;
+/// How long a socket write waits for room in the link's transmit queue before trying again.
+pub const TX_RETRY: Duration = Duration::from_millis(1);
+/// Largest TCP segment payload (Ethernet MTU less headers).
+pub const MSS: usize = 1460;
+
+/// Counters of the twin's network (see the module docs for what each full policy counts).
 #[derive(Debug, Default)]
 pub struct NetCounters {
-    /// WebSocket frames sent (per client).
-    pub ws_frames: Cell<u64>,
-    /// Commands parsed from MQTT.
-    pub commands: Cell<u64>,
-    /// Commands that did not parse.
-    pub commands_bad: Cell<u64>,
-    /// Commands the motion queue refused.
-    pub commands_refused: Cell<u64>,
     /// Publishes the link refused.
     pub publish_failures: Cell<u64>,
-    /// Sum of the last `Resumed` event's amounts.
+    /// Sum of the last `Resumed` event's amounts (seen by the event task's source).
     pub resumed_ml: Cell<f64>,
+    /// Connections reset because the backlog was full.
+    pub tcp_refused: Cell<u64>,
+    /// Connections reset because a socket's receive buffer was full.
+    pub tcp_overflow: Cell<u64>,
+    /// Command payloads dropped because their queue was full.
+    pub commands_dropped: Cell<u64>,
+    /// Connections reset because their client could not take a segment.
+    pub client_resets: Cell<u64>,
+    /// Client segments the downlink refused (the connection was reset).
+    pub client_send_failures: Cell<u64>,
 }
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+#[derive(Default)]
+struct SockState {
+    rx: VecDeque<u8>,
+    eof: bool,
+    reset: bool,
+    reader: Option<Waker>,
+}
+
+/// The controller's side of TCP: the accept backlog and the open sockets.
+#[derive(Default)]
+struct Stack {
+    backlog: VecDeque<ConnId>,
+    sockets: BTreeMap<ConnId, SockState>,
+    acceptors: Vec<Waker>,
+    commands: VecDeque<Vec<u8>>,
+    command_reader: Option<Waker>,
+}
+
+/// The far side's connections.
+#[derive(Default)]
+struct Far {
+    next: ConnId,
+    clients: BTreeMap<ConnId, ClientEnd>,
+    /// When each connection opened, until its first byte of reply arrives.
+    opened: BTreeMap<ConnId, Instant>,
+    /// Time to the first byte of reply of the last [`TTFB_WINDOW`] connections.
+    ttfb: VecDeque<Duration>,
+}
+
+/// Connections whose time to first byte [`Net::ttfb_median`] covers.
+pub const TTFB_WINDOW: usize = 64;
 
 /// What the platform side of the network knows and shares between its tasks.
 pub struct Net {
@@ -130,8 +247,10 @@ pub struct Net {
     pub clock: SimClock,
     /// Trace.
     pub tracer: Tracer,
+    /// The controller's MQTT identity (the topics the broker sees).
+    pub identity: Identity,
     /// The WiFi link (`sim::periph::wifi`).
-    pub wifi: WifiLink,
+    pub wifi: WifiLink<Packet>,
     /// The link's settings before background traffic takes its share of the air.
     pub wifi_base: RefCell<WifiConfig>,
     /// Share of the air other stations take (0 to 0.95).
@@ -140,46 +259,16 @@ pub struct Net {
     pub cpu_load: Cell<f64>,
     /// The fake broker.
     pub broker: RefCell<Broker>,
-    /// The latest motion snapshot seen by the network side (for states and the UI).
-    pub snapshot: Cell<MotionSnapshot>,
     /// The first pump-side snapshot change not yet shown on the WebSocket.
     pub unshown_since: Cell<Option<Instant>>,
-    /// WebSocket clients connected.
-    pub ws_clients: Cell<u32>,
     /// MQTT session up (as the port last saw it).
     pub mqtt_connected: Cell<bool>,
     /// Counters.
     pub counters: NetCounters,
     /// Wakes the WiFi load task.
     pub load_kick: Kick,
-    /// Hands a parsed command to the motion side; false when refused.
-    pub submit: RefCell<Box<dyn FnMut(MotionCommand) -> bool>>,
-    /// What a live WebSocket server sends to its clients, if one runs.
-    pub ws_sink: RefCell<Option<FrameSink>>,
-    /// Recipe names, for the command parser.
-    pub recipes: Vec<String>,
-}
-
-/// An MQTT PUBLISH as it crosses the WiFi link (the twin's framing: JSON of topic, payload,
-/// retain; the size is close to the real packet's).
-pub fn encode_packet(topic: &str, payload: &[u8], retain: bool) -> Vec<u8> {
-    serde_json::json!({
-        "t": topic,
-        "p": String::from_utf8_lossy(payload),
-        "r": retain,
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// The message in a packet from [`encode_packet`].
-pub fn decode_packet(bytes: &[u8]) -> Option<Msg> {
-    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    Some(Msg {
-        topic: v.get("t")?.as_str()?.to_owned(),
-        payload: v.get("p")?.as_str()?.to_owned(),
-        retain: v.get("r")?.as_bool()?,
-    })
+    stack: RefCell<Stack>,
+    far: RefCell<Far>,
 }
 
 /// Read the `"timestamp":<ms>` field the firmware writes into its payloads.
@@ -190,13 +279,36 @@ pub fn payload_timestamp(payload: &str) -> Option<Instant> {
 }
 
 impl Net {
-    fn metric(&self, what: &str) -> String {
-        format!("{}.{what}", self.name)
+    /// The network of device `name` over `wifi`.
+    pub fn new(
+        name: &str,
+        clock: SimClock,
+        tracer: Tracer,
+        identity: Identity,
+        wifi: WifiLink<Packet>,
+        base: WifiConfig,
+    ) -> Net {
+        Net {
+            name: name.to_owned(),
+            clock,
+            tracer,
+            identity,
+            wifi,
+            wifi_base: RefCell::new(base),
+            airtime: Cell::new(0.0),
+            cpu_load: Cell::new(0.0),
+            broker: RefCell::new(Broker::new()),
+            unshown_since: Cell::new(None),
+            mqtt_connected: Cell::new(true),
+            counters: NetCounters::default(),
+            load_kick: Signal::new(),
+            stack: RefCell::new(Stack::default()),
+            far: RefCell::new(Far::default()),
+        }
     }
 
-    /// A new snapshot seen by the bridge.
-    pub fn set_snapshot(&self, s: MotionSnapshot) {
-        self.snapshot.set(s);
+    fn metric(&self, what: &str) -> String {
+        format!("{}.{what}", self.name)
     }
 
     /// The pump side published a new snapshot: the UI lag runs from now.
@@ -206,9 +318,11 @@ impl Net {
         }
     }
 
-    /// Apply the base settings with the background traffic's share of the air taken out.
+    /// Apply the base settings with the background traffic's share of the air taken out (the
+    /// radio's power stays as the firmware set it).
     pub fn apply_wifi(&self) {
         let mut c = self.wifi_base.borrow().clone();
+        c.tx_power = self.wifi.config().tx_power;
         let share = (1.0 - self.airtime.get().clamp(0.0, 0.95)).max(0.05);
         c.bandwidth_bps = ((c.bandwidth_bps as f64 * share) as u64).max(1);
         let _ = self.wifi.set_config(c);
@@ -224,67 +338,125 @@ impl Net {
         Ok(())
     }
 
-    /// The command task: hands what arrives on the command topic to the firmware's parser and
-    /// the result to motion.
-    pub async fn cmd_task(self: Rc<Self>) {
-        let infos: Vec<RecipeInfo<'_>> = self
-            .recipes
-            .iter()
-            .map(|n| RecipeInfo { name: n.as_str() })
-            .collect();
-        loop {
-            // The receive charges this task the driver's CPU time.
-            let bytes = self.wifi.recv(WifiDirection::Down).await;
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            self.clock.charge(Duration::from_micros(80));
-            let parsed = command::parse_command(text.as_bytes(), &Limits::DEFAULT, &infos);
-            match parsed.map(to_motion) {
-                Ok(Some(cmd)) => {
-                    self.counters.commands.set(self.counters.commands.get() + 1);
-                    if !(self.submit.borrow_mut())(cmd) {
-                        self.counters
-                            .commands_refused
-                            .set(self.counters.commands_refused.get() + 1);
-                        self.tracer
-                            .record(&self.metric("net"), "command refused: motion queue full");
-                    }
-                }
-                Ok(None) | Err(_) => {
-                    self.counters
-                        .commands_bad
-                        .set(self.counters.commands_bad.get() + 1);
-                    self.tracer
-                        .record(&self.metric("net"), format!("bad command: {text}"));
-                }
-            }
-        }
-    }
-
     /// The client side of a command: the broker forwards it down the WiFi link at once (lost,
     /// and counted, when the broker is down or the link refuses it).
-    pub fn command_from_client(&self, payload: String) {
+    pub fn command_from_client(&self, payload: Vec<u8>) {
         if !self.broker.borrow().up
             || self
                 .wifi
-                .send(WifiDirection::Down, payload.into_bytes())
+                .send(WifiDirection::Down, Packet::Command(payload))
                 .is_err()
         {
             self.broker.borrow_mut().lost += 1;
         }
     }
 
-    /// The broker world task (deterministic runs): takes what arrives over the WiFi uplink,
-    /// keeps retained messages, records `mqtt` events and latency.
-    pub async fn broker_task(self: Rc<Self>) {
+    // -----------------------------------------------------------------------------------------
+    // The controller's side
+
+    /// The netif task (network core): hands what arrives down to the command queue and the
+    /// sockets (see the module docs for the bounds).
+    pub async fn netif_task(self: Rc<Self>) {
+        loop {
+            // The receive charges this task the driver's CPU time.
+            let packet = self.wifi.recv(WifiDirection::Down).await;
+            let mut st = self.stack.borrow_mut();
+            match packet {
+                Packet::Command(p) => {
+                    if st.commands.len() >= COMMAND_QUEUE {
+                        bump(&self.counters.commands_dropped);
+                        continue;
+                    }
+                    st.commands.push_back(p);
+                    if let Some(w) = st.command_reader.take() {
+                        w.wake();
+                    }
+                }
+                Packet::Tcp { conn, seg } => {
+                    if let Some(reset) = Self::segment_in(&mut st, conn, seg) {
+                        bump(reset(&self.counters));
+                        drop(st);
+                        let _ = self.wifi.send(
+                            WifiDirection::Up,
+                            Packet::Tcp {
+                                conn,
+                                seg: Segment::Reset,
+                            },
+                        );
+                    }
+                }
+                Packet::Publish(_) => {}
+            }
+        }
+    }
+
+    /// Deliver one segment to the stack; `Some(counter)` when the connection must be reset.
+    #[allow(clippy::type_complexity)]
+    fn segment_in(
+        st: &mut Stack,
+        conn: ConnId,
+        seg: Segment,
+    ) -> Option<fn(&NetCounters) -> &Cell<u64>> {
+        match seg {
+            Segment::Open => {
+                if st.backlog.len() >= BACKLOG {
+                    return Some(|c| &c.tcp_refused);
+                }
+                st.backlog.push_back(conn);
+                st.sockets.insert(conn, SockState::default());
+                for w in st.acceptors.drain(..) {
+                    w.wake();
+                }
+            }
+            Segment::Data(d) => {
+                let sock = st.sockets.get_mut(&conn)?;
+                if sock.rx.len() + d.len() > SOCKET_RX {
+                    sock.reset = true;
+                    if let Some(w) = sock.reader.take() {
+                        w.wake();
+                    }
+                    return Some(|c| &c.tcp_overflow);
+                }
+                sock.rx.extend(d);
+                if let Some(w) = sock.reader.take() {
+                    w.wake();
+                }
+            }
+            Segment::Close | Segment::Reset => {
+                let sock = st.sockets.get_mut(&conn)?;
+                if seg == Segment::Reset {
+                    sock.reset = true;
+                } else {
+                    sock.eof = true;
+                }
+                if let Some(w) = sock.reader.take() {
+                    w.wake();
+                }
+            }
+        }
+        None
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The far side
+
+    /// The far side's world task: what arrives up goes to the broker or to its connection's
+    /// client.
+    pub async fn air_task(self: Rc<Self>) {
         let source = self.metric("mqtt");
         let m_latency = self.metric("mqtt.latency_ms");
         let m_status = self.metric("status.interval_s");
+        let status_topic = self.identity.topic(topic::STATUS).unwrap_or_default();
         loop {
             let packet = self.wifi.recv(WifiDirection::Up).await;
             let now = self.clock.now();
-            let Some(msg) = decode_packet(&packet) else {
-                self.broker.borrow_mut().lost += 1;
-                continue;
+            let msg = match packet {
+                Packet::Publish(m) => m,
+                Packet::Tcp { conn, seg } => {
+                    self.to_client(conn, seg);
+                    continue;
+                }
+                Packet::Command(_) => continue,
             };
             let created = payload_timestamp(&msg.payload);
             let mut b = self.broker.borrow_mut();
@@ -301,7 +473,7 @@ impl Net {
                 b.watch_first = false;
                 b.first_after_estop = Some(msg.topic.clone());
             }
-            if msg.topic == topic::STATUS {
+            if msg.topic == status_topic.as_str() {
                 if let Some(prev) = b.last_status {
                     self.tracer.sample(
                         &m_status,
@@ -325,6 +497,90 @@ impl Net {
         }
     }
 
+    fn to_client(&self, conn: ConnId, seg: Segment) {
+        let ends = matches!(seg, Segment::Close | Segment::Reset);
+        let mut far = self.far.borrow_mut();
+        if let Segment::Data(_) = seg
+            && let Some(t) = far.opened.remove(&conn)
+        {
+            if far.ttfb.len() == TTFB_WINDOW {
+                far.ttfb.pop_front();
+            }
+            far.ttfb.push_back(self.clock.now().saturating_since(t));
+        }
+        if ends {
+            far.opened.remove(&conn);
+        }
+        let Some(client) = far.clients.get_mut(&conn) else {
+            return;
+        };
+        // The client only records what it got: it never calls back into the network here.
+        let taken = client(seg);
+        if ends {
+            far.clients.remove(&conn);
+        } else if !taken {
+            far.clients.remove(&conn);
+            drop(far);
+            bump(&self.counters.client_resets);
+            let _ = self.wifi.send(
+                WifiDirection::Down,
+                Packet::Tcp {
+                    conn,
+                    seg: Segment::Reset,
+                },
+            );
+        }
+    }
+
+    /// Open a connection to the controller's web server; segments from it go to `end`.
+    pub fn connect(&self, end: ClientEnd) -> ConnId {
+        let conn = {
+            let mut far = self.far.borrow_mut();
+            far.next += 1;
+            let id = far.next;
+            far.clients.insert(id, end);
+            far.opened.insert(id, self.clock.now());
+            id
+        };
+        self.client_segment(conn, Segment::Open);
+        conn
+    }
+
+    /// The median time from a connection's opening to the first byte of its reply at the client,
+    /// over the last [`TTFB_WINDOW`] connections (virtual time; `None` before the first).
+    pub fn ttfb_median(&self) -> Option<Duration> {
+        let mut v: Vec<Duration> = self.far.borrow().ttfb.iter().copied().collect();
+        v.sort();
+        v.get(v.len() / 2).copied()
+    }
+
+    /// Send bytes from the client of `conn`.
+    pub fn client_send(&self, conn: ConnId, bytes: Vec<u8>) {
+        for chunk in bytes.chunks(MSS) {
+            self.client_segment(conn, Segment::Data(chunk.to_vec()));
+        }
+    }
+
+    /// The client of `conn` closes it (and hears nothing more from it).
+    pub fn client_close(&self, conn: ConnId) {
+        if self.far.borrow_mut().clients.remove(&conn).is_some() {
+            self.client_segment(conn, Segment::Close);
+        }
+    }
+
+    fn client_segment(&self, conn: ConnId, seg: Segment) {
+        if self
+            .wifi
+            .send(WifiDirection::Down, Packet::Tcp { conn, seg })
+            .is_err()
+        {
+            bump(&self.counters.client_send_failures);
+            if let Some(mut c) = self.far.borrow_mut().clients.remove(&conn) {
+                let _ = c(Segment::Reset);
+            }
+        }
+    }
+
     /// Background WiFi traffic: the WiFi driver task burns `cpu_load` of its core.
     pub async fn wifi_load_task(self: Rc<Self>) {
         let tick = Duration::from_millis(10);
@@ -340,24 +596,6 @@ impl Net {
             select(self.clock.sleep(tick), self.load_kick.wait()).await;
         }
     }
-}
-
-/// The firmware's command as a motion command (`None` for commands motion does not know).
-pub(crate) fn to_motion(c: Command) -> Option<MotionCommand> {
-    Some(match c {
-        Command::StartDispense(d) => {
-            let mut doses = heapless::Vec::new();
-            let _ = doses.push(d);
-            MotionCommand::Dispense(doses)
-        }
-        Command::StartRecipe(name) => {
-            MotionCommand::StartRecipe(heapless::String::try_from(name.as_str()).ok()?)
-        }
-        Command::Stop => MotionCommand::Stop,
-        Command::EmergencyStop => MotionCommand::EmergencyStop(EstopTrigger::Remote),
-        Command::Resume => MotionCommand::Resume,
-        _ => return None,
-    })
 }
 
 /// The [`MqttPort`] of the twin: publishes through the WiFi model to the broker.
@@ -380,9 +618,7 @@ impl MqttPort for SimMqtt {
     ) -> Result<(), SendError> {
         let net = &self.net;
         if let Err(e) = net.link_ok() {
-            net.counters
-                .publish_failures
-                .set(net.counters.publish_failures.get() + 1);
+            bump(&net.counters.publish_failures);
             if net.mqtt_connected.replace(false) {
                 net.tracer
                     .record(&net.metric("net"), format!("mqtt disconnected: {e}"));
@@ -394,7 +630,12 @@ impl MqttPort for SimMqtt {
         }
         net.tracer
             .sample(&net.metric("queue.depth"), (self.outbox)() as f64);
-        let packet = encode_packet(topic, payload, retain);
+        let packet = Packet::Publish(Msg {
+            topic: topic.to_owned(),
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            retain,
+        });
+        let size = packet.wire_len();
         // The send charges this task the driver's CPU time.
         match net.wifi.send(WifiDirection::Up, packet) {
             Ok(()) => {}
@@ -405,39 +646,213 @@ impl MqttPort for SimMqtt {
             // Accepted once the PUBACK is back: the way there and back, bounded by the jitter.
             let c = net.wifi.config();
             net.clock
-                .sleep(c.latency + c.latency + c.jitter + c.airtime(payload.len() + 64))
+                .sleep(c.latency + c.latency + c.jitter + c.airtime(size))
                 .await;
         }
         Ok(())
     }
 }
 
-/// The [`WsSink`] of the twin: charges the network core per client, measures frame intervals
-/// and the UI lag, and hands frames to a live server when one runs.
-pub struct SimWs {
+/// The [`CommandPort`] of the twin: payloads the netif took off the downlink.
+pub struct SimCommands {
     /// The network side.
     pub net: Rc<Net>,
+}
+
+/// CPU time of the MQTT client's receive path per command (esp-mqtt hands the payload over in
+/// its own task).
+const COMMAND_RX_COST: Duration = Duration::from_micros(80);
+
+impl CommandPort for SimCommands {
+    async fn receive(&mut self, buf: &mut [u8]) -> usize {
+        let p = poll_fn(|cx| {
+            let mut st = self.net.stack.borrow_mut();
+            match st.commands.pop_front() {
+                Some(p) => Poll::Ready(p),
+                None => {
+                    st.command_reader = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        self.net.clock.charge(COMMAND_RX_COST);
+        let n = p.len().min(buf.len());
+        buf[..n].copy_from_slice(&p[..n]);
+        if p.len() > buf.len() {
+            buf.len() + 1
+        } else {
+            n
+        }
+    }
+}
+
+/// Why a [`SimSocket`] operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SocketError {
+    /// The connection was reset (or never open).
+    #[error("connection reset")]
+    Reset,
+}
+
+impl embedded_io::Error for SocketError {
+    fn kind(&self) -> embedded_io::ErrorKind {
+        embedded_io::ErrorKind::ConnectionReset
+    }
+}
+
+/// One server socket of the controller's web port (the [`TcpSocket`] a web task owns).
+pub struct SimSocket {
+    /// The network side.
+    pub net: Rc<Net>,
+    conn: Option<ConnId>,
+}
+
+impl SimSocket {
+    /// A socket with no connection yet.
+    pub fn new(net: Rc<Net>) -> Self {
+        SimSocket { net, conn: None }
+    }
+
+    fn send_up(&self, conn: ConnId, seg: Segment) -> Result<(), WifiSendError> {
+        self.net
+            .wifi
+            .send(WifiDirection::Up, Packet::Tcp { conn, seg })
+    }
+}
+
+impl embedded_io_async::ErrorType for SimSocket {
+    type Error = SocketError;
+}
+
+impl embedded_io_async::Read for SimSocket {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, SocketError> {
+        let conn = self.conn.ok_or(SocketError::Reset)?;
+        poll_fn(|cx| {
+            let mut st = self.net.stack.borrow_mut();
+            let Some(s) = st.sockets.get_mut(&conn) else {
+                return Poll::Ready(Err(SocketError::Reset));
+            };
+            if !s.rx.is_empty() {
+                let n = buf.len().min(s.rx.len());
+                for (d, b) in buf.iter_mut().zip(s.rx.drain(..n)) {
+                    *d = b;
+                }
+                return Poll::Ready(Ok(n));
+            }
+            if s.reset {
+                return Poll::Ready(Err(SocketError::Reset));
+            }
+            if s.eof {
+                return Poll::Ready(Ok(0));
+            }
+            s.reader = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl embedded_io_async::Write for SimSocket {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, SocketError> {
+        let conn = self.conn.ok_or(SocketError::Reset)?;
+        for chunk in buf.chunks(MSS) {
+            loop {
+                let reset = self
+                    .net
+                    .stack
+                    .borrow()
+                    .sockets
+                    .get(&conn)
+                    .is_none_or(|s| s.reset);
+                if reset {
+                    return Err(SocketError::Reset);
+                }
+                // The send charges this task the driver's CPU time.
+                match self.send_up(conn, Segment::Data(chunk.to_vec())) {
+                    Ok(()) => break,
+                    Err(WifiSendError::QueueFull) => self.net.clock.sleep(TX_RETRY).await,
+                    Err(WifiSendError::Disconnected) => return Err(SocketError::Reset),
+                }
+            }
+        }
+        Ok(buf.len())
+    }
+
+    async fn flush(&mut self) -> Result<(), SocketError> {
+        Ok(())
+    }
+}
+
+impl TcpSocket for SimSocket {
+    async fn accept(&mut self) -> Result<(), SocketError> {
+        let conn = poll_fn(|cx| {
+            let mut st = self.net.stack.borrow_mut();
+            match st.backlog.pop_front() {
+                Some(c) => Poll::Ready(c),
+                None => {
+                    st.acceptors.push(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    async fn close(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        let state = self.net.stack.borrow_mut().sockets.remove(&conn);
+        if state.is_some_and(|s| !s.reset) {
+            // Best effort, as a FIN: a lost or refused one leaves the client to time out.
+            let _ = self.send_up(conn, Segment::Close);
+        }
+    }
+}
+
+/// The [`WifiRadio`] of the twin: the link's transmit power, rounded down to the ESP32's levels.
+pub struct SimRadio {
+    /// The network side.
+    pub net: Rc<Net>,
+}
+
+impl WifiRadio for SimRadio {
+    type Error = core::convert::Infallible;
+
+    async fn set_tx_power(&mut self, power: FwTxPower) -> Result<(), Self::Error> {
+        self.net
+            .wifi
+            .set_tx_power(TxPower::at_most(f64::from(power.dbm())));
+        Ok(())
+    }
+}
+
+/// The feed's sink in the twin: the firmware's hub, with the UI timing measured on the way
+/// (`<device>.ws.interval_ms` between frames, `<device>.ws.lag_ms` from a pump-side change to
+/// the next frame) while any session is open.
+pub struct ObservedFeed<K> {
+    /// The firmware's sink.
+    pub inner: K,
+    /// The network side.
+    pub net: Rc<Net>,
+    /// Open sessions now.
+    pub sessions: Rc<dyn Fn() -> u32>,
     /// Last frame time.
     pub last: Option<Instant>,
 }
 
-impl WsSink for SimWs {
+impl<K: WsSink> WsSink for ObservedFeed<K> {
     async fn broadcast(&mut self, text: &str) {
         let net = &self.net;
         let now = net.clock.now();
-        if let Some(sink) = net.ws_sink.borrow_mut().as_mut() {
-            sink(text);
-        }
-        let clients = net.ws_clients.get();
-        if clients == 0 {
+        self.inner.broadcast(text).await;
+        if (self.sessions)() == 0 {
             self.last = None;
             return;
         }
-        let cost = net.wifi.config().cpu_cost(text.len() + 6);
-        net.clock.charge(cost.saturating_mul(u64::from(clients)));
-        net.counters
-            .ws_frames
-            .set(net.counters.ws_frames.get() + u64::from(clients));
         if let Some(prev) = self.last {
             net.tracer.sample(
                 &net.metric("ws.interval_ms"),
@@ -454,170 +869,9 @@ impl WsSink for SimWs {
     }
 }
 
-/// The status snapshot the firmware's publisher and feed read, from a motion snapshot.
-pub fn pump_snapshot(s: &MotionSnapshot) -> PumpSnapshot {
-    let state = if s.emergency {
-        "Emergency".to_owned()
-    } else if let Some(a) = s.alarm {
-        format!("Alarm {}", a.event_type())
-    } else {
-        s.machine
-            .map_or_else(|| "Unknown".to_owned(), |m| format!("{m:?}"))
-    };
-    let mut st = heapless::String::new();
-    for c in state.chars() {
-        if st.push(c).is_err() {
-            break;
-        }
-    }
-    PumpSnapshot {
-        pumps: s.pumps,
-        state: st,
-    }
-}
-
-/// JSON string literal of `s`.
-pub fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
-}
-
-fn per_pump_json(v: &[f32; 4]) -> String {
-    format!(
-        "{{\"X\":{:.3},\"Y\":{:.3},\"Z\":{:.3},\"A\":{:.3}}}",
-        v[0], v[1], v[2], v[3]
-    )
-}
-
-/// The outbox message for a motion event. Alarms go to the emergency lane (the E-stop alarm is
-/// the firmware's [`alarm_message`]); everything else is an event in the normal lane, except
-/// `RESUMED`, which leaves EMERGENCY and goes with the alarms.
-pub fn event_message(ev: &PumpEvent, now: Instant) -> Option<Message> {
-    let ts = now.as_millis();
-    let (t, body): (&str, String) = match ev {
-        PumpEvent::Alarm(AlarmKind::EmergencyStop { trigger }) => {
-            return Some(alarm_message("EMERGENCY_STOP", trigger.name(), now));
-        }
-        PumpEvent::Alarm(kind) => {
-            let payload = format!(
-                "{{\"eventType\":\"{}\",\"detail\":{},\"timestamp\":{ts}}}",
-                kind.event_type(),
-                json_string(&kind.to_string())
-            );
-            return Message::alarm(topic::ALARM, payload.as_bytes()).ok();
-        }
-        PumpEvent::Resumed { dispensed_ml } => {
-            let payload = format!(
-                "{{\"event\":\"RESUMED\",\"dispensed_ml\":{},\"timestamp\":{ts}}}",
-                per_pump_json(dispensed_ml)
-            );
-            return Message::alarm(topic::DISPENSE_EVENT, payload.as_bytes()).ok();
-        }
-        PumpEvent::DispenseStarted {
-            id,
-            volume_ml,
-            expected_ms,
-            ..
-        } => (
-            topic::DISPENSE_EVENT,
-            format!(
-                "{{\"event\":\"STARTED\",\"id\":{id},\"volume_ml\":{},\"expected_ms\":{expected_ms}",
-                per_pump_json(volume_ml)
-            ),
-        ),
-        PumpEvent::DispenseProgress { id, dispensed_ml } => (
-            topic::DISPENSE_EVENT,
-            format!(
-                "{{\"event\":\"PROGRESS\",\"id\":{id},\"dispensed_ml\":{}",
-                per_pump_json(dispensed_ml)
-            ),
-        ),
-        PumpEvent::DispenseComplete {
-            id,
-            dispensed_ml,
-            duration_ms,
-        } => (
-            topic::DISPENSE_COMPLETE,
-            format!(
-                "{{\"id\":{id},\"dispensed_ml\":{},\"duration_ms\":{duration_ms}",
-                per_pump_json(dispensed_ml)
-            ),
-        ),
-        PumpEvent::DispenseAborted {
-            id,
-            dispensed_ml,
-            cause,
-        } => (
-            topic::DISPENSE_EVENT,
-            format!(
-                "{{\"event\":\"ABORTED\",\"id\":{id},\"dispensed_ml\":{},\"cause\":{}",
-                per_pump_json(dispensed_ml),
-                json_string(&format!("{cause:?}"))
-            ),
-        ),
-        PumpEvent::RateClamped {
-            pump,
-            requested_mm_min,
-            applied_mm_min,
-        } => (
-            topic::DISPENSE_EVENT,
-            format!(
-                "{{\"event\":\"RATE_CLAMPED\",\"pump\":\"{pump}\",\"requested\":{requested_mm_min:.1},\"applied\":{applied_mm_min:.1}"
-            ),
-        ),
-        PumpEvent::Rejected(e) => (
-            topic::DISPENSE_EVENT,
-            format!(
-                "{{\"event\":\"REJECTED\",\"error\":{}",
-                json_string(&e.to_string())
-            ),
-        ),
-        PumpEvent::RecipeStarted { name, steps } => (
-            topic::RECIPE_START,
-            format!("{{\"name\":{},\"steps\":{steps}", json_string(name)),
-        ),
-        PumpEvent::RecipeStep { name, step } => (
-            topic::RECIPE_START,
-            format!("{{\"name\":{},\"step\":{step}", json_string(name)),
-        ),
-        PumpEvent::RecipeComplete { name } => (
-            topic::RECIPE_COMPLETE,
-            format!("{{\"name\":{}", json_string(name)),
-        ),
-        PumpEvent::RecipeAborted { name, step } => (
-            topic::RECIPE_COMPLETE,
-            format!(
-                "{{\"name\":{},\"aborted_at_step\":{step}",
-                json_string(name)
-            ),
-        ),
-    };
-    let mut body = body;
-    let _ = write!(body, ",\"timestamp\":{ts}}}");
-    Message::event(t, body.as_bytes()).ok()
-}
-
-/// Push a motion event into the firmware's outbox (every drop is counted by the outbox).
-pub fn push_event(outbox: &SharedOutbox<NoopRawMutex>, net: &Net, ev: &PumpEvent) {
-    if let PumpEvent::Resumed { dispensed_ml } = ev {
-        net.counters
-            .resumed_ml
-            .set(dispensed_ml.iter().map(|&v| f64::from(v)).sum());
-    }
-    let now = net.clock.now();
-    match event_message(ev, now) {
-        Some(m) => {
-            let _ = outbox.push(m, now);
-        }
-        None => net
-            .tracer
-            .record(&net.metric("net"), "event too large for an MQTT message"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use firmware_core::pump::Pump;
 
     #[test]
     fn the_payload_timestamp_is_read_back() {
@@ -629,31 +883,16 @@ mod tests {
     }
 
     #[test]
-    fn alarms_take_the_emergency_lane_and_events_the_normal_one() {
-        use firmware_core::pump::outbox::Lane;
-        let now = Instant::from_millis(5);
-        let alarm = event_message(
-            &PumpEvent::Alarm(AlarmKind::EmergencyStop {
-                trigger: EstopTrigger::Button,
-            }),
-            now,
-        )
-        .unwrap();
-        assert_eq!(alarm.lane, Lane::Emergency);
-        let ev = event_message(
-            &PumpEvent::DispenseProgress {
-                id: 1,
-                dispensed_ml: [1.0, 0.0, 0.0, 0.0],
-            },
-            now,
-        )
-        .unwrap();
-        assert_eq!(ev.lane, Lane::Normal);
-        let text = String::from_utf8(ev.payload.to_vec()).unwrap();
-        assert!(
-            serde_json::from_str::<serde_json::Value>(&text).is_ok(),
-            "{text}"
-        );
-        let _ = Pump::X;
+    fn packets_have_a_size_on_the_air() {
+        let data = Packet::Tcp {
+            conn: 1,
+            seg: Segment::Data(vec![0; 100]),
+        };
+        assert_eq!(data.wire_len(), 140);
+        let open = Packet::Tcp {
+            conn: 1,
+            seg: Segment::Open,
+        };
+        assert_eq!(open.wire_len(), 40);
     }
 }
