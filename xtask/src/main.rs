@@ -5,7 +5,7 @@
 //! clippy, every test (which include each scenario file), the scenario suite through the `twin`
 //! CLI with JSON and JUnit reports, the firmware-core cross builds, the two board firmwares and,
 //! when the nightly toolchain is there, a short run of every fuzz target. Steps stop at the first
-//! failure and the exit code says so.
+//! failure and the exit code says so. `cargo xtask fuzz [TARGET…]` runs only the fuzz smoke.
 use std::process::Command;
 use std::time::Instant;
 
@@ -22,8 +22,9 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("fuzz") => fuzz_smoke(&target_dir().join("ci"), &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask ci");
+            eprintln!("usage: cargo xtask ci | cargo xtask fuzz [TARGET…]");
             return std::process::ExitCode::from(2);
         }
     };
@@ -118,7 +119,7 @@ fn ci() -> Result<()> {
             &["build", "--release"],
         )?;
     }
-    fuzz_smoke(&reports)?;
+    fuzz_smoke(&reports, &[])?;
     println!(
         "xtask ci: all checks passed in {:.0} s (reports in {})",
         started.elapsed().as_secs_f64(),
@@ -137,8 +138,9 @@ const FUZZ_FEATURES: &str = "scenario";
 /// Build every fuzz target (cargo-fuzz, nightly) and run each for [`FUZZ_SECONDS`] from its
 /// seed corpus in `fuzz/corpus/<target>` (plus the scenario suite for `scenario_file`). New
 /// inputs go to a scratch corpus under the report folder, so the repository's seeds stay as they
-/// are; a crash fails the step and leaves its input in `fuzz/artifacts/<target>/`.
-fn fuzz_smoke(reports: &std::path::Path) -> Result<()> {
+/// are; a crash fails the step and leaves its input in `fuzz/artifacts/<target>/`. `only`
+/// narrows the run to some targets (`cargo xtask fuzz pdu_http`); empty means all.
+fn fuzz_smoke(reports: &std::path::Path, only: &[String]) -> Result<()> {
     let toolchains = output("rustup", &["toolchain", "list"])?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         println!("xtask: no nightly toolchain, so no fuzz smoke (rustup toolchain add nightly)");
@@ -175,6 +177,9 @@ fn fuzz_smoke(reports: &std::path::Path) -> Result<()> {
     let scratch_root = std::path::absolute(reports.join("fuzz-corpus")).context("scratch dir")?;
     let max_time = format!("-max_total_time={FUZZ_SECONDS}");
     for name in names.split_whitespace() {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
         let scratch = scratch_root.join(name);
         // A fresh scratch corpus each run: the smoke starts from the seeds, like CI.
         let _ = std::fs::remove_dir_all(&scratch);
