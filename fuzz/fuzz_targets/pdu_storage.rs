@@ -1,6 +1,8 @@
 //! Stored configuration records (what StorageTask reads from the two EEPROM slots at boot).
 //!
 //! The input is two slot images: the first [`RECORD_LEN`] bytes are slot A, the rest slot B.
+//! Slot B gets its CRC fixed up before decoding (and slot A is also tried so), so that the
+//! fuzzer reaches the payload decoder and migration, which a CRC-32 would otherwise shut out.
 //!
 //! * A record that decodes re-encodes (as the current version, with its sequence number) into
 //!   a record that decodes to the same configuration; a current-version record re-encodes to
@@ -11,15 +13,49 @@
 //!   bytes, so labels, names and communities in it are untrusted text.
 #![no_main]
 
+use crc::{CRC_32_ISO_HDLC, Crc};
 use firmware_core::pdu::http::{HttpServer, Limits, Outcome, RECOMMENDED_RESPONSE_LEN};
-use firmware_core::pdu::storage::{self, Choice, RECORD_LEN, Slot, VERSION, seq_newer};
+use firmware_core::pdu::storage::{
+    self, Choice, HEADER_LEN, MAX_PAYLOAD, RECORD_LEN, Slot, VERSION, seq_newer,
+};
 use libfuzzer_sys::fuzz_target;
 use twinbench_fuzz::{check_http_response, check_json, check_storable, snapshot};
 
+/// The record CRC (storage's module docs: CRC-32/ISO-HDLC over header and payload).
+const CRC32: Crc<u32> = Crc::<u32>::new(&CRC_32_ISO_HDLC);
+
+/// The slot with its CRC made right for what its header says, so that mutations reach the
+/// payload decoder instead of stopping at the CRC (the raw slot still covers torn records).
+fn with_valid_crc(slot: &[u8]) -> Vec<u8> {
+    let mut fixed = slot.to_vec();
+    let n = slot
+        .get(10..12)
+        .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+    let body = HEADER_LEN + n;
+    if n <= MAX_PAYLOAD && fixed.len() >= body + 4 {
+        let crc = CRC32.checksum(&fixed[..body]);
+        fixed[body..body + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+    fixed
+}
+
 fuzz_target!(|data: &[u8]| {
-    let (a, b) = data.split_at(data.len().min(RECORD_LEN));
+    let (raw_a, raw_b) = data.split_at(data.len().min(RECORD_LEN));
+    // Slot A as it came (CRC and all), slot B with its CRC fixed up.
+    let (a, fixed_b) = (raw_a, with_valid_crc(raw_b));
+    let b = &fixed_b[..];
     let decoded_a = storage::decode(a);
     let decoded_b = storage::decode(b);
+    if let Ok(d) = storage::decode(raw_b) {
+        assert_eq!(
+            Ok(&d),
+            decoded_b.as_ref(),
+            "fixing a valid CRC changed the record"
+        );
+    }
+    if let Ok(d) = storage::decode(&with_valid_crc(raw_a)) {
+        check_storable(&d.config);
+    }
     for (bytes, decoded) in [(a, &decoded_a), (b, &decoded_b)] {
         let Ok(d) = decoded else { continue };
         check_storable(&d.config);
