@@ -11,4 +11,6 @@ pub mod pdu;
 pub mod ports;
 pub mod pump;
 pub mod queue;
+#[cfg(any(test, feature = "selftest"))]
+pub mod selftest;
 pub mod time;

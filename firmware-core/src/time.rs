@@ -156,24 +156,4 @@ impl defmt::Format for Duration {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instant_arithmetic_saturates_instead_of_panicking() {
-        assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
-        assert_eq!(Instant::ZERO - Instant::from_millis(5), Duration::ZERO);
-        assert_eq!(
-            Instant::from_millis(5) - Instant::from_millis(2),
-            Duration::from_millis(3)
-        );
-    }
-
-    #[test]
-    fn duration_displays_in_the_nearest_unit() {
-        assert_eq!(Duration::from_micros(250).to_string(), "250us");
-        assert_eq!(Duration::from_micros(12_500).to_string(), "12.500ms");
-        assert_eq!(Duration::from_secs(3).to_string(), "3.000000s");
-    }
-}
+// Tests: `selftest::core_types` (they also run on the target ISAs).

@@ -3,13 +3,17 @@
 //! It installs what it needs itself (rustup targets and components; the Debian packages of the
 //! tools the live tests use, when run as root), then runs formatting,
 //! clippy, every test (which include each scenario file), the scenario suite through the `twin`
-//! CLI with JSON and JUnit reports, the firmware-core cross builds, the two board firmwares and,
-//! when the nightly toolchain is there, a short run of every fuzz target. Steps stop at the first
-//! failure and the exit code says so. `cargo xtask fuzz [TARGET…]` runs only the fuzz smoke.
+//! CLI with JSON and JUnit reports, the firmware-core cross builds, the target test lane under
+//! QEMU ([`qemu`]), the two board firmwares with their size report ([`size`]) and, when the
+//! nightly toolchain is there, a short run of every fuzz target ([`fuzz_smoke`]). Steps stop at
+//! the first failure and the exit code says so.
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+
+mod qemu;
+mod size;
 
 /// Targets firmware-core must build for: RP2040, ESP32-C3, ESP32-C6.
 const TARGETS: &[&str] = &[
@@ -22,9 +26,12 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        // Single steps of `ci`, for working on them.
+        Some("qemu") => qemu::lane(std::path::Path::new(".")),
+        Some("size") => board_sizes(),
         Some("fuzz") => fuzz_smoke(&target_dir().join("ci"), &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask ci | cargo xtask fuzz [TARGET…]");
+            eprintln!("usage: cargo xtask ci | qemu | size | fuzz [TARGET…]");
             return std::process::ExitCode::from(2);
         }
     };
@@ -48,6 +55,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("socat", "socat"),
     ("picocom", "picocom"),
     ("chromium", "chromium"),
+    // The target test lane (`qemu`). Installing these from bookworm removes a preinstalled
+    // backports `qemu-utils` (qemu-img) if there is one; nothing here needs qemu-img.
+    ("qemu-system-arm", "qemu-system-arm"),
+    ("qemu-system-riscv32", "qemu-system-misc"),
 ];
 
 fn ci() -> Result<()> {
@@ -110,6 +121,8 @@ fn ci() -> Result<()> {
             "thumbv6m-none-eabi",
         ],
     )?;
+    // firmware-core's self-tests on the boards' ISAs, in QEMU (a crate of its own, like the boards).
+    qemu::lane(std::path::Path::new("."))?;
     // The board crates are workspaces of their own, each with its target in .cargo/config.toml.
     for board in BOARDS {
         step_in(
@@ -119,6 +132,7 @@ fn ci() -> Result<()> {
             &["build", "--release"],
         )?;
     }
+    board_sizes()?;
     fuzz_smoke(&reports, &[])?;
     println!(
         "xtask ci: all checks passed in {:.0} s (reports in {})",
@@ -315,6 +329,25 @@ fn target_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(Into::into)
         .unwrap_or_else(|| std::path::PathBuf::from("target"))
+}
+
+/// The size report of the board images built by `ci` (or by hand in `firmware/<board>`).
+fn board_sizes() -> Result<()> {
+    size::report(|budget| {
+        crate_target_dir(&std::path::Path::new("firmware").join(budget.board))
+            .join(budget.target)
+            .join("release")
+            .join(budget.board)
+    })
+}
+
+/// The target folder cargo uses for a crate outside the workspace, built in `dir`
+/// (`CARGO_TARGET_DIR` is relative to where cargo runs).
+fn crate_target_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(target) => dir.join(target),
+        None => dir.join("target"),
+    }
 }
 
 fn path_str(p: &std::path::Path) -> Result<&str> {

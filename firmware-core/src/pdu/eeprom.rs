@@ -202,7 +202,7 @@ impl<I2C: I2c, D: DelayNs> Cat24c256<I2C, D> {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "selftest"))]
 pub(crate) mod mock {
     //! A CAT24C256 that follows the datasheet, for tests of this driver and of StorageTask.
     use embedded_hal_async::i2c::{ErrorKind, ErrorType, I2c, NoAcknowledgeSource, Operation};

@@ -428,6 +428,13 @@ impl Kernel {
         }
     }
 
+    /// The next instant at which something is due (a timer, or the end of a slice that work
+    /// waits behind), or `None` when nothing is. For code that drives the kernel one instant at
+    /// a time, like the blocking adapters of `periph::blocking`.
+    pub fn next_event(&self) -> Option<Instant> {
+        self.next_instant()
+    }
+
     /// Run for `d` of virtual time from now.
     pub fn run_for(&mut self, d: Duration) -> RunEnd {
         let until = self.now() + d;

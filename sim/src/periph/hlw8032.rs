@@ -28,7 +28,10 @@
 //!
 //! What a chip reports:
 //! * **Under load** (≥ 5 W): state 0x55, update 0x71.
-//! * **Below ~5 W**: the power REG is not refreshed: update 0x61 (power bit clear).
+//! * **Below ~5 W**: the power REG is not refreshed: update 0x61 (power bit clear), and the REG
+//!   holds the value of the last period that was refreshed, as on the chip. Before any refresh
+//!   since power-up it holds the overflow value 0xFFFFFF, flagged as a power REG overflow (the
+//!   held value is what the flag describes).
 //! * **No load** (outlet off or 0 W): current and power REGs at 0xFFFFFF, state **0xF2** (power
 //!   overflow only, as real no-load frames show: the chip keeps measuring a little noise
 //!   current and does not flag it), update 0x61.
@@ -330,6 +333,8 @@ struct Chip {
     pulses: f64,
     pf_reg: u16,
     carry: bool,
+    /// The power REG as last refreshed; what a frame carries while the update bit is clear.
+    power_reg: u32,
     faults: ChipFaults,
     stats: ChipStats,
 }
@@ -356,6 +361,7 @@ impl Chip {
             pulses: 0.0,
             pf_reg: 0,
             carry: false,
+            power_reg: REG_MAX,
             faults: ChipFaults::default(),
             stats: ChipStats::default(),
         }
@@ -412,14 +418,21 @@ impl Chip {
             update |= UPDATE_I;
         }
         let power_reg = match period_reg(c.power_param, c.kv * c.ki, watts) {
-            Some(r) => {
-                if watts >= MIN_UPDATED_POWER_W {
-                    update |= UPDATE_P;
-                }
+            Some(r) if watts >= MIN_UPDATED_POWER_W => {
+                update |= UPDATE_P;
+                self.power_reg = r;
                 r
+            }
+            // Below the threshold no period completes: the REG keeps the last one.
+            Some(_) => {
+                if self.power_reg == REG_MAX {
+                    state_flags |= 0x02;
+                }
+                self.power_reg
             }
             None => {
                 state_flags |= 0x02;
+                self.power_reg = REG_MAX;
                 REG_MAX
             }
         };
@@ -920,12 +933,42 @@ mod tests {
     }
 
     #[test]
-    fn a_small_load_clears_the_power_update_bit() {
+    fn below_the_power_threshold_the_power_register_holds_its_last_refreshed_value() {
+        let mut r = rig(1);
+        r.bank.set_load(1, 500.0, 1.0).expect("load");
+        r.k.run_until(Instant::from_millis(200));
+        let at_500w = r.frames.borrow().last().expect("frames").1;
+        assert_eq!((at_500w[0], at_500w[20] & 0x7F), (0x55, 0x71));
+        r.bank.set_load(1, 3.0, 1.0).expect("load");
+        r.frames.borrow_mut().clear();
+        r.k.run_until(Instant::from_millis(400));
+        // The frame on the line at the change was measured before it.
+        let settled = Instant::from_millis(200) + FRAME_PERIOD.saturating_mul(2);
+        let frames: Vec<_> = r
+            .frames
+            .borrow()
+            .iter()
+            .filter(|(t, _)| *t >= settled)
+            .cloned()
+            .collect();
+        assert!(frames.len() >= 2);
+        for (_, f) in &frames {
+            // Power bit clear, no overflow, and the 500 W period still in the power REG, while
+            // the current REG follows the 3 W load.
+            assert_eq!((f[0], f[20] & 0x7F), (0x55, 0x61));
+            assert_eq!(f[17..20], at_500w[17..20]);
+            assert_ne!(f[11..14], at_500w[11..14]);
+        }
+    }
+
+    #[test]
+    fn a_small_load_from_power_up_holds_the_overflow_value_and_its_flag() {
         let mut r = rig(1);
         r.bank.set_load(1, 3.0, 1.0).expect("load");
         r.k.run_until(Instant::from_millis(200));
         let f = r.frames.borrow()[0].1;
-        assert_eq!((f[0], f[20]), (0x55, 0x61));
+        assert_eq!((f[0], f[20]), (0xF2, 0x61));
+        assert_eq!(f[17..20], [0xFF, 0xFF, 0xFF]);
     }
 
     #[test]

@@ -341,7 +341,9 @@ fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<(String, Pty)> {
                 if let Ok(n) = rx.read(&mut buf).await
                     && n > 0
                 {
-                    out.send(buf[..n].to_vec());
+                    // A G-code sender counts every `ok`: wait for the terminal rather than
+                    // drop (the UART's receive FIFO holds the rest meanwhile).
+                    out.send_wait(buf[..n].to_vec()).await;
                 }
             }
         })

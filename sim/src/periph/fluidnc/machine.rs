@@ -124,6 +124,8 @@ pub enum MachineState {
     },
     /// Alarm: G-code locked until `$X`.
     Alarm,
+    /// G-code check mode (`$C`): lines are parsed and answered, nothing moves.
+    Check,
 }
 
 impl MachineState {
@@ -135,6 +137,7 @@ impl MachineState {
             MachineState::Hold { complete: true } => "Hold:0",
             MachineState::Hold { complete: false } => "Hold:1",
             MachineState::Alarm => "Alarm",
+            MachineState::Check => "Check",
         }
     }
 }
@@ -266,6 +269,8 @@ pub struct FluidncSim {
     show_run: bool,
     alarm_at: Option<(Instant, u8)>,
     unresponsive: bool,
+    /// `$C` toggled check mode off: the reset follows the line's `ok`.
+    reset_after_line: bool,
     last_now: Instant,
     stats: FluidncStats,
 }
@@ -309,6 +314,7 @@ impl FluidncSim {
             show_run: false,
             alarm_at: None,
             unresponsive: false,
+            reset_after_line: false,
             last_now: now,
             stats: FluidncStats::default(),
         };
@@ -722,7 +728,8 @@ impl FluidncSim {
                 });
                 self.set_state(MachineState::Hold { complete: false });
             }
-            MachineState::Hold { .. } | MachineState::Alarm => {}
+            // Nothing moves in check mode, so there is nothing to hold.
+            MachineState::Hold { .. } | MachineState::Alarm | MachineState::Check => {}
         }
     }
 
@@ -925,6 +932,11 @@ impl FluidncSim {
             self.trace.push(format!("error:{c} `{line}`"));
         }
         self.respond(r);
+        if std::mem::take(&mut self.reset_after_line) {
+            // FluidNC answers `$C` first, then aborts: the reset ends check mode and
+            // restores the modal state the checked lines changed.
+            self.soft_reset(t);
+        }
     }
 
     /// Execute a G-code line. `Ok(true)` when its answer waits (planner full or dwell).
@@ -962,6 +974,8 @@ impl FluidncSim {
                 self.wco_counter = 0;
                 return Ok(false);
             }
+            // Check mode skips the dwell (Grbl's `mc_dwell` returns at once).
+            Some(NonModal::Dwell) if self.state == MachineState::Check => return Ok(false),
             Some(NonModal::Dwell) => {
                 let secs = b.p.unwrap_or(0.0);
                 self.pending = Some(Pending::Dwell { secs, until: None });
@@ -996,6 +1010,10 @@ impl FluidncSim {
             accel,
         };
         self.planned_pos = target;
+        if self.state == MachineState::Check {
+            // The parser's position follows the checked program; the machine stays put.
+            return Ok(false);
+        }
         if self.planner.len() < self.cfg.planner_blocks {
             self.enqueue(block, t);
             Ok(false)
@@ -1009,7 +1027,10 @@ impl FluidncSim {
     fn system_command(&mut self, line: &str, t: Instant) -> Result<(), u8> {
         let cmd = &line[1..];
         let busy = matches!(self.state, MachineState::Run | MachineState::Hold { .. });
-        let idle_or_alarm = matches!(self.state, MachineState::Idle | MachineState::Alarm);
+        let at_rest = matches!(
+            self.state,
+            MachineState::Idle | MachineState::Alarm | MachineState::Check
+        );
         if let Some(v) = cmd
             .strip_prefix("RI=")
             .or_else(|| cmd.strip_prefix("REPORT/INTERVAL="))
@@ -1042,6 +1063,21 @@ impl FluidncSim {
                 Ok(())
             }
             "H" => Err(code::SETTING_DISABLED),
+            "C" => {
+                if self.state == MachineState::Check {
+                    self.emit("[MSG:INFO: Disabled]\n");
+                    self.trace.push("check mode off".to_owned());
+                    self.reset_after_line = true;
+                    Ok(())
+                } else if self.state == MachineState::Idle {
+                    self.set_state(MachineState::Check);
+                    self.emit("[MSG:INFO: Enabled]\n");
+                    Ok(())
+                } else {
+                    // Check mode starts only from Idle, alarm locks included.
+                    Err(code::IDLE_ERROR)
+                }
+            }
             "G" => {
                 let text = format!(
                     "[GC:{} G54 G17 G21 {} G94 M5 M9 T0 F{} S0]\n",
@@ -1061,7 +1097,7 @@ impl FluidncSim {
                 self.print_settings();
                 Ok(())
             }
-            "I" | "#" if !idle_or_alarm => Err(code::IDLE_ERROR),
+            "I" | "#" if !at_rest => Err(code::IDLE_ERROR),
             "I" => {
                 let text = format!(
                     "[VER:3.9 FluidNC v3.9.9:]\n[OPT:PH,{},{}]\n",
@@ -1071,11 +1107,15 @@ impl FluidncSim {
                 Ok(())
             }
             "#" => {
-                let text = format!(
-                    "[G54:{}]\n[G92:{}]\n",
-                    fmt_axes(&[0.0; AXES]),
-                    fmt_axes(&self.wco)
-                );
+                // Grbl's `report_ngc_parameters` order. Only G92 is modelled; the coordinate
+                // systems, stored positions, tool offset and probe read as after a reset.
+                let zero = fmt_axes(&[0.0; AXES]);
+                let mut text = String::new();
+                for name in ["G54", "G55", "G56", "G57", "G58", "G59", "G28", "G30"] {
+                    let _ = writeln!(text, "[{name}:{zero}]");
+                }
+                let _ = writeln!(text, "[G92:{}]", fmt_axes(&self.wco));
+                let _ = writeln!(text, "[TLO:0.000]\n[PRB:{zero}:0]");
                 self.emit(&text);
                 Ok(())
             }

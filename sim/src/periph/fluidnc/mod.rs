@@ -12,8 +12,10 @@
 //!   when a block finishes, and no further byte is read meanwhile), status reports
 //!   `<State|MPos:…|FS:…[|WCO:…|Ov:…]>` on `?` and pushed every `report_interval` while moving and
 //!   at once on every change of the printed state name (so `Hold:1` → `Hold:0` is pushed too),
-//!   `$X $$ $G $I $# $RI=N $Report/Interval=N`, `ALARM:3` on a reset while moving, the banner
-//!   after power-up and every reset, verbose errors (`[MSG:ERR: …]` after `error:N`).
+//!   `$X $$ $G $I $# $RI=N $Report/Interval=N`, `$C` check mode (state `Check`: lines are
+//!   parsed, answered and change the modal state, nothing moves or dwells; toggling it off
+//!   answers `ok` and then resets), `ALARM:3` on a reset while moving, the banner after power-up
+//!   and every reset, verbose errors (`[MSG:ERR: …]` after `error:N`).
 //! * Motion: each block runs a trapezoid from rest to rest at the programmed feed along its
 //!   vector, clamped so no axis exceeds its `max_rate` or acceleration (Grbl's
 //!   `limit_value_by_axis_maximum`). Blocks do not blend (Grbl would carry speed across colinear
@@ -38,7 +40,7 @@
 //!
 //! Not modelled: overrides (0x90-0x9D are counted and ignored), jogging, homing (`$H` answers
 //! `error:5` as with the pump's config), G2/G3, inch mode, spindle and coolant (M3-M9 are accepted
-//! and do nothing), check mode, the `[EXP:ID]` reply wait, report latency (reports are instant),
+//! and do nothing), the `[EXP:ID]` reply wait, report latency (reports are instant),
 //! RX processing time (lines execute when their last byte arrives).
 mod gcode;
 mod machine;

@@ -582,6 +582,98 @@ fn dollar_commands_answer_like_fluidnc() {
 }
 
 #[test]
+fn check_mode_answers_every_line_without_moving_and_toggling_it_off_resets() {
+    let mut b = Bench::quiet();
+    b.host.clear();
+    b.line("$C");
+    assert_eq!(b.host.texts(), ["[MSG:INFO: Enabled]", "ok"]);
+    b.host.clear();
+    b.send(b"?");
+    b.run(ms(10));
+    assert_eq!(state_of(&b.host.texts()[0]), "Check");
+    // Parsed and answered at once, errors included; no planner, no dwell, no motion.
+    b.host.clear();
+    b.line("G91 G1 X5 F100");
+    b.line("G4 P10");
+    b.line("G1 G0 X1");
+    b.line("G1 Y2");
+    let t = b.host.texts();
+    assert_eq!(t.iter().filter(|l| *l == "ok").count(), 3, "{t:?}");
+    assert!(t.contains(&"error:21".to_owned()), "{t:?}");
+    b.line("$G");
+    assert!(
+        b.host
+            .texts()
+            .contains(&"[GC:G1 G54 G17 G21 G91 G94 M5 M9 T0 F100 S0]".to_owned())
+    );
+    b.run(ms(2_000));
+    let snap = b.board.snapshot();
+    assert_eq!(
+        (snap.state, snap.mpos, snap.planner_used),
+        ("Check", [0.0; 4], 0)
+    );
+    assert_eq!(snap.dispensed_ml, [0.0; 4]);
+    // `$C` again: `ok`, then the reset's banner; Idle with the modal state of a reset.
+    b.host.clear();
+    b.line("$C");
+    assert_eq!(b.host.texts(), ["[MSG:INFO: Disabled]", "ok", "", BANNER]);
+    b.host.clear();
+    b.line("$G");
+    assert_eq!(
+        b.host.texts()[0],
+        "[GC:G0 G54 G17 G21 G90 G94 M5 M9 T0 F0 S0]"
+    );
+    assert_eq!(b.board.snapshot().state, "Idle");
+    assert!(b.events().iter().any(|(_, e)| e == "Check"));
+}
+
+#[test]
+fn check_mode_starts_only_from_idle() {
+    let mut b = Bench::quiet();
+    b.line("G1 X5 F100");
+    b.host.clear();
+    b.line("$C");
+    assert_eq!(b.host.texts()[0], "error:8");
+    b.board.raise_alarm(1);
+    b.run(ms(10));
+    b.host.clear();
+    b.line("$C");
+    assert_eq!(b.host.texts()[0], "error:8");
+    b.line("$X");
+    b.host.clear();
+    b.line("$C");
+    assert_eq!(b.host.texts(), ["[MSG:INFO: Enabled]", "ok"]);
+    // A reset also leaves check mode, without an alarm.
+    b.host.clear();
+    b.send(&[0x18]);
+    b.run(ms(20));
+    assert!(!b.host.texts().iter().any(|l| l.starts_with("ALARM")));
+    assert_eq!(b.board.snapshot().state, "Idle");
+}
+
+#[test]
+fn the_offsets_report_lists_every_grbl_parameter_line() {
+    let mut b = Bench::quiet();
+    b.line("G1 X2 F200");
+    b.run(ms(1_500));
+    b.line("G92 X0");
+    b.host.clear();
+    b.line("$#");
+    // 11 lines take 30 ms on the wire.
+    b.run(ms(50));
+    let zero = "0.000,0.000,0.000,0.000";
+    let mut want: Vec<String> = ["G54", "G55", "G56", "G57", "G58", "G59", "G28", "G30"]
+        .iter()
+        .map(|n| format!("[{n}:{zero}]"))
+        .collect();
+    want.push("[G92:2.000,0.000,0.000,0.000]".to_owned());
+    want.push("[TLO:0.000]".to_owned());
+    want.push(format!("[PRB:{zero}:0]"));
+    want.push("ok".to_owned());
+    assert_eq!(b.host.texts(), want);
+}
+
+#[test]
 fn dispensed_volume_follows_the_calibration_and_counts_partial_moves() {
     let mut b = Bench::new(FluidncConfig {
         ml_per_mm: [0.05, 0.1, 0.05, 0.05],
