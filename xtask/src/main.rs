@@ -4,8 +4,9 @@
 //! tools the live tests use, when run as root), then runs formatting,
 //! clippy, every test (which include each scenario file), the scenario suite through the `twin`
 //! CLI with JSON and JUnit reports, a smoke run of `twin bench`, the firmware-core cross builds,
-//! the target test lane under QEMU ([`qemu`]), and the two board firmwares with their size report
-//! ([`size`]). Steps stop at the first failure and the exit code says so.
+//! the target test lane under QEMU ([`qemu`]), the two board firmwares with their size report
+//! ([`size`]) and, when the nightly toolchain is there, a short run of every fuzz target
+//! ([`fuzz_smoke`]). Steps stop at the first failure and the exit code says so.
 use std::process::Command;
 use std::time::Instant;
 
@@ -28,8 +29,9 @@ fn main() -> std::process::ExitCode {
         // Single steps of `ci`, for working on them.
         Some("qemu") => qemu::lane(std::path::Path::new(".")),
         Some("size") => board_sizes(),
+        Some("fuzz") => fuzz_smoke(&target_dir().join("ci"), &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask ci | qemu | size");
+            eprintln!("usage: cargo xtask ci | qemu | size | fuzz [TARGET…]");
             return std::process::ExitCode::from(2);
         }
     };
@@ -151,11 +153,85 @@ fn ci() -> Result<()> {
         )?;
     }
     board_sizes()?;
+    fuzz_smoke(&reports, &[])?;
     println!(
         "xtask ci: all checks passed in {:.0} s (reports in {})",
         started.elapsed().as_secs_f64(),
         reports.display()
     );
+    Ok(())
+}
+
+/// How long the smoke runs each fuzz target. The campaign behind `docs/fuzzing.md` runs them
+/// far longer; this only catches a target that crashes at once or no longer builds.
+const FUZZ_SECONDS: u32 = 20;
+
+/// Every target is built with this feature: `scenario_file` needs the simulator.
+const FUZZ_FEATURES: &str = "scenario";
+
+/// Build every fuzz target (cargo-fuzz, nightly) and run each for [`FUZZ_SECONDS`] from its
+/// seed corpus in `fuzz/corpus/<target>` (plus the scenario suite for `scenario_file`). New
+/// inputs go to a scratch corpus under the report folder, so the repository's seeds stay as they
+/// are; a crash fails the step and leaves its input in `fuzz/artifacts/<target>/`. `only`
+/// narrows the run to some targets (`cargo xtask fuzz pdu_http`); empty means all.
+fn fuzz_smoke(reports: &std::path::Path, only: &[String]) -> Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"])?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        println!("xtask: no nightly toolchain, so no fuzz smoke (rustup toolchain add nightly)");
+        return Ok(());
+    }
+    let listed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !listed {
+        step(
+            "install cargo-fuzz",
+            "cargo",
+            &["install", "cargo-fuzz", "--locked"],
+        )?;
+    }
+    let fuzz_dir = std::path::Path::new("fuzz");
+    // cargo-fuzz would build inside fuzz/target; keep it with the other build output.
+    let target = std::path::absolute(target_dir().join("fuzz")).context("fuzz target dir")?;
+    let target = path_str(&target)?.to_owned();
+    let common = ["--features", FUZZ_FEATURES, "--target-dir", &target];
+    let mut build = vec!["+nightly", "fuzz", "build", "--debug-assertions"];
+    build.extend(common);
+    step_in("fuzz build", fuzz_dir, "cargo", &build)?;
+    let list = Command::new("cargo")
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(fuzz_dir)
+        .output()
+        .context("listing fuzz targets")?;
+    let names = String::from_utf8_lossy(&list.stdout).into_owned();
+    if !list.status.success() || names.trim().is_empty() {
+        bail!("cargo fuzz list found no fuzz targets");
+    }
+    let scratch_root = std::path::absolute(reports.join("fuzz-corpus")).context("scratch dir")?;
+    let max_time = format!("-max_total_time={FUZZ_SECONDS}");
+    for name in names.split_whitespace() {
+        if !only.is_empty() && !only.iter().any(|o| o == name) {
+            continue;
+        }
+        let scratch = scratch_root.join(name);
+        // A fresh scratch corpus each run: the smoke starts from the seeds, like CI.
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir_all(&scratch).context("creating a scratch corpus")?;
+        let seeds = format!("corpus/{name}");
+        let mut args = vec!["+nightly", "fuzz", "run", "--debug-assertions", name];
+        args.extend(common);
+        args.extend([path_str(&scratch)?, &seeds]);
+        if name == "scenario_file" {
+            args.extend([
+                "../scenarios/kernel",
+                "../scenarios/pdu",
+                "../scenarios/pump",
+            ]);
+        }
+        args.extend(["--", &max_time]);
+        step_in(&format!("fuzz {name}"), fuzz_dir, "cargo", &args)?;
+    }
     Ok(())
 }
 
