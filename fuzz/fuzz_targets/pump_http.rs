@@ -75,7 +75,7 @@ fuzz_target!(|data: &[u8]| {
                 );
             }
         }
-        HttpOutcome::Status => {}
+        HttpOutcome::Status | HttpOutcome::Page => {}
         HttpOutcome::WebSocket { control } => {
             assert!(
                 !control || has_credentials(data),
