@@ -205,7 +205,10 @@ fn main() -> ExitCode {
         Command::Fleet(args) => match live::fleet::command(&args) {
             Ok(report) => {
                 if args.json.is_none() {
-                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
                 }
                 ExitCode::SUCCESS
             }

@@ -152,7 +152,12 @@ fn two_shards_share_one_mosquitto_and_every_device_arrives_exactly_once() {
     for (s, path) in json.iter().enumerate() {
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).expect("report")).expect("JSON");
-        assert_eq!(report["messages"]["dropped"], 0, "shard {}: {report}", s + 1);
+        assert_eq!(
+            report["messages"]["dropped"],
+            0,
+            "shard {}: {report}",
+            s + 1
+        );
         for m in report["members"].as_array().expect("members") {
             let name = m["name"].as_str().expect("name").to_owned();
             let acked = m["acked"].as_u64().expect("acked");
@@ -180,7 +185,11 @@ fn two_shards_share_one_mosquitto_and_every_device_arrives_exactly_once() {
     let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for line in lines.iter().filter(|l| l.starts_with("fleet/")) {
         let (topic, payload) = line.split_once(' ').unwrap_or((line, ""));
-        let device = topic.split('/').nth(1).expect("fleet/<device>/…").to_owned();
+        let device = topic
+            .split('/')
+            .nth(1)
+            .expect("fleet/<device>/…")
+            .to_owned();
         *received.entry(device.clone()).or_default() += 1;
         if topic.ends_with("/telemetry") {
             let v: serde_json::Value = serde_json::from_str(payload).expect("telemetry JSON");

@@ -419,7 +419,8 @@ impl LiveTwin for FleetTwin {
                 (a.ip().to_string(), a.port())
             }
         };
-        ctx.services.announce("fleet_mqtt", format!("{host}:{port}"));
+        ctx.services
+            .announce("fleet_mqtt", format!("{host}:{port}"));
         let mut state = self.state.borrow_mut();
         state.broker = format!("mqtt://{host}:{port}");
         state.rss_before_kb = proc_status_kb("VmRSS:");
@@ -698,9 +699,8 @@ pub fn command(args: &FleetArgs) -> anyhow::Result<serde_json::Value> {
         });
     }
     let st = state.borrow();
-    let total = |f: fn(&Counters) -> u64| -> u64 {
-        st.running.iter().map(|r| f(&r.counters)).sum::<u64>()
-    };
+    let total =
+        |f: fn(&Counters) -> u64| -> u64 { st.running.iter().map(|r| f(&r.counters)).sum::<u64>() };
     let connected = || {
         st.running
             .iter()
@@ -749,7 +749,8 @@ pub fn command(args: &FleetArgs) -> anyhow::Result<serde_json::Value> {
             Duration::from_micros(now.as_micros()),
             connected(),
             members.len(),
-            (acked - last_acked.replace(acked)) as f64 * args.speed / (step.as_micros() as f64 / 1e6),
+            (acked - last_acked.replace(acked)) as f64 * args.speed
+                / (step.as_micros() as f64 / 1e6),
             p50 as f64 / 1000.0,
             p99 as f64 / 1000.0,
         );

@@ -341,7 +341,11 @@ fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<(String, Pty)> {
 const PTY_INPUT_CHUNKS: usize = 64;
 
 /// The kernel side: requests from the sockets, as clients at the far end of the WiFi link.
-pub(crate) fn spawn_kernel_side(kernel: &mut Kernel, dev: &PumpDevice, mut from_io: mpsc::Receiver<ToKernel>) {
+pub(crate) fn spawn_kernel_side(
+    kernel: &mut Kernel,
+    dev: &PumpDevice,
+    mut from_io: mpsc::Receiver<ToKernel>,
+) {
     let net = dev.net.clone();
     let probe = dev.board.probe.clone();
     let clock = kernel.clock();
