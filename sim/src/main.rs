@@ -6,6 +6,7 @@
 //! * `twin console pdu --ready-file F`: a running twin's console on stdin/stdout.
 //! * `twin compare --seeds N`: the pump controller's architecture options side by side.
 //! * `twin bench [--smoke]`: speed and memory figures with their goals, as JSON.
+//! * `twin fleet --pdus N --pumps M [--shard K/N]`: many device twins live in one process.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -46,6 +47,8 @@ enum Command {
     Compare(sim::devices::pump::compare::CompareArgs),
     /// Measure speed and memory against the goals (JSON on stdout).
     Bench(sim::bench::BenchArgs),
+    /// Run many independent device twins live in one process (one shard of a fleet).
+    Fleet(live::fleet::FleetArgs),
 }
 
 #[derive(clap::Args)]
@@ -196,6 +199,21 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Fleet(args) => match live::fleet::command(&args) {
+            Ok(report) => {
+                if args.json.is_none() {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&report).unwrap_or_default()
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("twin fleet: {e:#}");
                 ExitCode::from(2)
             }
         },

@@ -52,6 +52,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("snmpget", "snmp"),
     ("curl", "curl"),
     ("mosquitto_sub", "mosquitto-clients"),
+    // The broker the two-shard fleet test shares (`sim/tests/fleet.rs`).
+    ("mosquitto", "mosquitto"),
     ("socat", "socat"),
     ("picocom", "picocom"),
     ("chromium", "chromium"),

@@ -20,6 +20,7 @@ use crate::devices::Device;
 use crate::kernel::{Kernel, LiveControl, RunEnd, TaskSpec};
 
 pub mod control;
+pub mod fleet;
 pub mod pty;
 
 pub use control::Controller;
@@ -161,13 +162,23 @@ impl Session {
     /// Start `twins` on a fresh live kernel: bind their services, announce them, write the ready
     /// file. The kernel does not run until [`Session::run_until`].
     pub fn start(options: LiveOptions, twins: Vec<Box<dyn LiveTwin>>) -> anyhow::Result<Session> {
+        Session::start_with(options, twins, crate::kernel::History::RECENT)
+    }
+
+    /// [`Session::start`] on a kernel that keeps `history` of its past (`twin fleet` keeps
+    /// none: thousands of devices' recent windows would be most of its memory).
+    pub fn start_with(
+        options: LiveOptions,
+        twins: Vec<Box<dyn LiveTwin>>,
+        history: crate::kernel::History,
+    ) -> anyhow::Result<Session> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("twin-io")
             .enable_all()
             .build()
             .context("starting the I/O runtime")?;
-        let mut kernel = Kernel::new(options.seed);
+        let mut kernel = Kernel::with_history(options.seed, history);
         let control = kernel.go_live(options.speed);
         let controller = Controller::default();
         let ctx = LiveContext {

@@ -157,7 +157,7 @@ impl LiveTwin for PduTwin {
     }
 }
 
-async fn serve_snmp(sock: Arc<UdpSocket>, inbox: Arc<Inbox<NetInput>>) {
+pub(crate) async fn serve_snmp(sock: Arc<UdpSocket>, inbox: Arc<Inbox<NetInput>>) {
     let mut buf = vec![0u8; 2048];
     loop {
         let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
@@ -180,7 +180,7 @@ async fn serve_snmp(sock: Arc<UdpSocket>, inbox: Arc<Inbox<NetInput>>) {
     }
 }
 
-async fn serve_http(listener: TcpListener, inbox: Arc<Inbox<NetInput>>) {
+pub(crate) async fn serve_http(listener: TcpListener, inbox: Arc<Inbox<NetInput>>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;

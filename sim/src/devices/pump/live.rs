@@ -48,7 +48,7 @@ use crate::live::{LiveContext, LiveHandle, LiveTwin};
 
 /// What the sockets ask of the kernel.
 #[derive(Debug)]
-enum ToKernel {
+pub(crate) enum ToKernel {
     /// A payload published on the command topic.
     Mqtt(Vec<u8>),
     /// A browser connected; the kernel's answers for it go to `to_client` (`None`: closed).
@@ -63,7 +63,7 @@ enum ToKernel {
 }
 
 /// Requests from the sockets waiting for the kernel.
-const TO_KERNEL_CAPACITY: usize = 256;
+pub(crate) const TO_KERNEL_CAPACITY: usize = 256;
 /// Deliveries waiting for the relay to the real broker.
 const TO_BROKER_CAPACITY: usize = 1024;
 /// Chunks from the controller waiting for one browser's socket.
@@ -97,7 +97,7 @@ impl LiveHandle for Handle {
     }
 }
 
-fn parse_broker(url: &str) -> anyhow::Result<(String, u16)> {
+pub(crate) fn parse_broker(url: &str) -> anyhow::Result<(String, u16)> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
@@ -123,6 +123,15 @@ fn free_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
 }
 
 fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    start_embedded_broker_for(addr, 1000)
+}
+
+/// The embedded broker, accepting up to `max_connections` clients (`twin fleet` needs one per
+/// device).
+pub(crate) fn start_embedded_broker_for(
+    addr: SocketAddr,
+    max_connections: usize,
+) -> anyhow::Result<SocketAddr> {
     use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
     use std::collections::HashMap;
     let addr = free_port(addr)?;
@@ -147,7 +156,7 @@ fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     let cfg = Config {
         id: 0,
         router: RouterConfig {
-            max_connections: 1000,
+            max_connections,
             max_outgoing_packet_count: 200,
             max_segment_size: 100 << 20,
             max_segment_count: 10,
@@ -332,7 +341,11 @@ fn start_fluidnc_pty(kernel: &mut Kernel) -> anyhow::Result<(String, Pty)> {
 const PTY_INPUT_CHUNKS: usize = 64;
 
 /// The kernel side: requests from the sockets, as clients at the far end of the WiFi link.
-fn spawn_kernel_side(kernel: &mut Kernel, dev: &PumpDevice, mut from_io: mpsc::Receiver<ToKernel>) {
+pub(crate) fn spawn_kernel_side(
+    kernel: &mut Kernel,
+    dev: &PumpDevice,
+    mut from_io: mpsc::Receiver<ToKernel>,
+) {
     let net = dev.net.clone();
     let probe = dev.board.probe.clone();
     let clock = kernel.clock();
@@ -383,7 +396,7 @@ fn open(net: &Rc<Net>, to_client: mpsc::Sender<Option<Vec<u8>>>) -> ConnId {
 }
 
 /// Accept browsers and relay each one's bytes (a failing `accept` backs off instead of spinning).
-async fn accept_loop(listener: TcpListener, to_kernel: mpsc::Sender<ToKernel>) {
+pub(crate) async fn accept_loop(listener: TcpListener, to_kernel: mpsc::Sender<ToKernel>) {
     let mut next = 0u64;
     loop {
         let stream = match listener.accept().await {
