@@ -1,8 +1,8 @@
-//! The power-cut sweep: over every EEPROM byte the PDU writes in a boot + configuration change
-//! + `last_state` cycle, cut the power at that byte, let the PDU reboot, and check that the
-//! configuration it boots with is exactly the one in force before the interrupted save or the
-//! one being saved, and that its outputs follow SAFE_MASK and `restore_on_boot` (SAFE_MASK applied at boot, then
-//! `last_state` restored).
+//! The power-cut sweep: over every EEPROM byte the PDU writes in a cycle of boot, configuration
+//! change and `last_state` save, cut the power at that byte, let the PDU reboot, and check that
+//! the configuration it boots with is exactly the one in force before the interrupted save or
+//! the one being saved, and that its outputs follow SAFE_MASK and `restore_on_boot` (SAFE_MASK
+//! applied at boot, then `last_state` restored).
 //!
 //! The harness stays at the scenario level (the PDU's own verbs and states, the EEPROM part's
 //! trace), so it follows whatever StorageTask wiring the device has. A reference run without a

@@ -22,6 +22,7 @@ fn estop() -> Target {
     target("pump/estop_sweep.toml")
 }
 
+#[cfg(not(feature = "broken-firmware"))]
 fn storage() -> Target {
     target("pdu/storage_sweep.toml")
 }
