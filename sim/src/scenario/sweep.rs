@@ -393,7 +393,19 @@ pub fn wilson(failures: u64, runs: u64) -> Interval {
         let denom = 1.0 + z2 / n;
         let centre = (p + z2 / (2.0 * n)) / denom;
         let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
-        ((centre - half).max(0.0), (centre + half).min(1.0))
+        // The bounds are exactly 0 at no failure and 1 at no success; rounding would leave
+        // a residue of the order of 1e-19 there.
+        let low = if failures == 0 {
+            0.0
+        } else {
+            (centre - half).max(0.0)
+        };
+        let high = if failures >= runs {
+            1.0
+        } else {
+            (centre + half).min(1.0)
+        };
+        (low, high)
     };
     Interval {
         method: "wilson".to_owned(),
