@@ -4,6 +4,9 @@
 //! * `twin scenario <PATH>...`: run scenario files deterministically; exit 0 when all pass,
 //!   1 when an expectation fails, 2 on invalid input.
 //! * `twin console pdu --ready-file F`: a running twin's console on stdin/stdout.
+//! * `twin sweep <PATH>... --seeds N`: rerun swept tests with fault schedules drawn from each
+//!   seed; exit 0 when no run fails, 1 when one does, 2 on invalid input.
+//! * `twin sweep-merge SHARD.json...`: the shards of a sweep as one report.
 //! * `twin compare --seeds N`: the pump controller's architecture options side by side.
 //! * `twin bench [--smoke]`: speed and memory figures with their goals, as JSON.
 //! * `twin fleet --pdus N --pumps M [--shard K/N]`: many device twins live in one process.
@@ -41,6 +44,11 @@ enum Command {
     Run(RunArgs),
     /// Run scenario files or folders in virtual time.
     Scenario(ScenarioArgs),
+    /// Rerun scenario tests that declare a `[test.sweep]` with fault schedules drawn from
+    /// each seed; report the failure rate and how to replay each failure.
+    Sweep(sim::scenario::sweep::SweepArgs),
+    /// Merge the JSON reports of a sweep's shards into the report of the whole sweep.
+    SweepMerge(sim::scenario::sweep::MergeArgs),
     /// Talk to a running twin's console on stdin/stdout (`twin console pdu --ready-file F`).
     Console(ConsoleArgs),
     /// Compare the pump controller's architecture options across seeds.
@@ -132,7 +140,7 @@ struct ScenarioArgs {
     /// Scenario files or folders (searched for `*.toml`).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Override every test's seed.
+    /// Override every test's seed (a swept test also draws its fault schedule from it).
     #[arg(long)]
     seed: Option<u64>,
     /// Write a JSON report here.
@@ -165,10 +173,21 @@ fn main() -> ExitCode {
     let verbosity = Verbosity::from_flags(cli.quiet, cli.verbose);
     let default_filter = match (&cli.command, verbosity) {
         (
-            Some(Command::Scenario(_) | Command::Compare(_) | Command::Bench(_)),
+            Some(
+                Command::Scenario(_) | Command::Sweep(_) | Command::Compare(_) | Command::Bench(_),
+            ),
             Verbosity::Verbose,
         ) => "info",
-        (Some(Command::Scenario(_) | Command::Compare(_) | Command::Bench(_)), _) => "off",
+        (
+            Some(
+                Command::Scenario(_)
+                | Command::Sweep(_)
+                | Command::SweepMerge(_)
+                | Command::Compare(_)
+                | Command::Bench(_),
+            ),
+            _,
+        ) => "off",
         (_, Verbosity::Verbose) => "info,rumqttd=warn",
         _ => "warn,rumqttd=off",
     };
@@ -182,6 +201,8 @@ fn main() -> ExitCode {
         .init();
     match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
         Command::Scenario(args) => scenario_command(args, verbosity),
+        Command::Sweep(args) => sweep_exit(sim::scenario::sweep::command(&args, verbosity)),
+        Command::SweepMerge(args) => sweep_exit(sim::scenario::sweep::merge_command(&args)),
         Command::Compare(args) => match compare_command(&args, verbosity) {
             Ok(table) => {
                 println!("{table}");
@@ -234,6 +255,18 @@ fn main() -> ExitCode {
     }
 }
 
+fn sweep_exit(r: Result<sim::scenario::sweep::Outcome, String>) -> ExitCode {
+    use sim::scenario::sweep::Outcome;
+    match r {
+        Ok(Outcome::Passed) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn scenario_command(args: ScenarioArgs, verbosity: Verbosity) -> ExitCode {
     // Load and check everything first: an invalid file means nothing runs.
     let mut cases: Vec<TestCase> = Vec::new();
@@ -249,7 +282,7 @@ fn scenario_command(args: ScenarioArgs, verbosity: Verbosity) -> ExitCode {
             }
         };
         for file in found {
-            match scenario::load_file(&file) {
+            match scenario::load_file_seeded(&file, args.seed) {
                 Ok(c) => {
                     cases.extend(c);
                     files.push(file);

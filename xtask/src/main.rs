@@ -104,6 +104,24 @@ fn ci() -> Result<()> {
             path_str(&junit)?,
         ],
     )?;
+    // The sweeps must catch a deliberately broken firmware (a dropped E-stop edge, saves that
+    // overwrite the record in force), and the replay command they print must reproduce it.
+    // Only sim and firmware-core rebuild with the feature; two test binaries run.
+    step(
+        "sweeps against the broken firmware",
+        "cargo",
+        &[
+            "test",
+            "-p",
+            "sim",
+            "--features",
+            "broken-firmware",
+            "--test",
+            "sweep",
+            "--test",
+            "power_cut",
+        ],
+    )?;
     // A few seconds of every benchmark figure, so the harness cannot rot (`twin bench` is the
     // full run; its figures are in docs/performance.md).
     step(

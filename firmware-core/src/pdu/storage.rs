@@ -382,6 +382,11 @@ impl Choice {
 /// Where the next save goes, given the record in force (`None`: no valid record).
 pub const fn next_save(current: Option<(Slot, u32)>) -> (Slot, u32) {
     match current {
+        // The deliberate bug of the test-only `broken-firmware` feature: write in place over
+        // the record in force, so a torn save leaves no valid slot.
+        #[cfg(feature = "broken-firmware")]
+        Some((slot, seq)) => (slot, seq.wrapping_add(1)),
+        #[cfg(not(feature = "broken-firmware"))]
         Some((slot, seq)) => (slot.other(), seq.wrapping_add(1)),
         None => (Slot::A, 1),
     }

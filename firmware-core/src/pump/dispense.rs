@@ -651,6 +651,9 @@ pub struct PumpMotion<'g, M: RawMutex, const W: usize> {
     next_id: u32,
     events: Deque<PumpEvent, EVENT_BUFFER>,
     events_dropped: u32,
+    /// When bytes last arrived from the board (the deliberate bug of `broken-firmware`).
+    #[cfg(feature = "broken-firmware")]
+    last_rx: Option<Instant>,
 }
 
 impl<'g, M: RawMutex, const W: usize> PumpMotion<'g, M, W> {
@@ -675,6 +678,8 @@ impl<'g, M: RawMutex, const W: usize> PumpMotion<'g, M, W> {
             next_id: 1,
             events: Deque::new(),
             events_dropped: 0,
+            #[cfg(feature = "broken-firmware")]
+            last_rx: None,
         }
     }
 
@@ -777,6 +782,18 @@ impl<'g, M: RawMutex, const W: usize> PumpMotion<'g, M, W> {
     /// out; then the governor goes to `EMERGENCY`, the `EMERGENCY_STOP` alarm is put ahead of
     /// every buffered event, the LEDs switch, and the remaining motion is cancelled.
     pub fn estop(&mut self, trigger: EstopTrigger, now: Instant) {
+        // The deliberate bug of the test-only `broken-firmware` feature: an edge within 3 ms of
+        // UART input is taken for contact bounce and dropped. It strikes only when the press
+        // coincides with a status report, which a fixed-time scenario rarely hits and a sweep
+        // finds.
+        #[cfg(feature = "broken-firmware")]
+        if self
+            .last_rx
+            .is_some_and(|t| now >= t && now - t < Duration::from_millis(3))
+        {
+            warn!("estop: edge dropped (broken-firmware)");
+            return;
+        }
         self.start_stop(StopCause::Emergency(trigger), now);
         self.gov.emergency(Reason::EmergencyStop);
         self.emergency = true;
@@ -843,6 +860,10 @@ impl<'g, M: RawMutex, const W: usize> PumpMotion<'g, M, W> {
 
     /// Feed bytes received from FluidNC.
     pub fn handle_bytes(&mut self, bytes: &[u8], now: Instant) {
+        #[cfg(feature = "broken-firmware")]
+        {
+            self.last_rx = Some(now);
+        }
         self.client.handle_bytes(bytes, now);
         self.drain_client(now);
     }

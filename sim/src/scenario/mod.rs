@@ -8,6 +8,7 @@ pub mod duration;
 pub mod report;
 pub mod run;
 pub mod suite;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -58,6 +59,9 @@ pub struct TestCase {
     pub must_break: Vec<String>,
     /// Seed (the CLI's `--seed` overrides it).
     pub seed: u64,
+    /// Number of `[[test.sweep.fault]]`s (0: the test is not swept); their steps, drawn from
+    /// `seed`, are in `steps`.
+    pub sweep_faults: usize,
     /// Virtual time to run.
     pub duration: Duration,
     /// Devices by name.
@@ -236,6 +240,8 @@ struct RawTest {
     expects: Vec<Spanned<toml::Table>>,
     #[serde(rename = "variant", default)]
     variants: Vec<Spanned<RawVariant>>,
+    /// Randomized faults (`[test.sweep]`, see [`sweep`]): drawn from the seed at load time.
+    sweep: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Deserialize)]
@@ -304,16 +310,32 @@ pub fn collect_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Load and check one scenario file.
 pub fn load_file(path: &Path) -> Result<Vec<TestCase>, LoadError> {
+    load_file_seeded(path, None)
+}
+
+/// [`load_file`] for a run with `seed` (`--seed`) instead of each test's own: a test with a
+/// `[test.sweep]` draws its fault schedule from the seed it will run with, so the seed alone
+/// replays a sweep's run.
+pub fn load_file_seeded(path: &Path, seed: Option<u64>) -> Result<Vec<TestCase>, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| LoadError {
         file: path.to_owned(),
         line: None,
         message: format!("cannot read: {e}"),
     })?;
-    load_str(path, &text)
+    load_str_seeded(path, &text, seed)
 }
 
 /// Load and check scenario text (`path` is used in messages only).
 pub fn load_str(path: &Path, text: &str) -> Result<Vec<TestCase>, LoadError> {
+    load_str_seeded(path, text, None)
+}
+
+/// [`load_str`] for a run with `seed` (see [`load_file_seeded`]).
+pub fn load_str_seeded(
+    path: &Path,
+    text: &str,
+    seed: Option<u64>,
+) -> Result<Vec<TestCase>, LoadError> {
     let source: Rc<str> = Rc::from(text);
     let err_at = |span: Option<std::ops::Range<usize>>, message: String| LoadError {
         file: path.to_owned(),
@@ -336,11 +358,11 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<TestCase>, LoadError> {
                 format!("duplicate test name `{}`", t.name),
             ));
         }
-        let base = build_case(path, &source, &t, None, &err_at)?;
+        let base = build_case(path, &source, &t, None, seed, &err_at)?;
         for v in &t.variants {
             let vspan = v.span();
             let v = v.get_ref();
-            let case = build_case(path, &source, &t, Some(v), &err_at).map_err(|mut e| {
+            let case = build_case(path, &source, &t, Some(v), seed, &err_at).map_err(|mut e| {
                 e.message = format!("variant `{}`: {}", v.name, e.message);
                 e.line = e.line.or(Some(line_of(text, vspan.start)));
                 e
@@ -370,8 +392,12 @@ fn build_case(
     source: &Rc<str>,
     t: &RawTest,
     variant: Option<&RawVariant>,
+    seed_override: Option<u64>,
     err_at: &ErrAt<'_>,
 ) -> Result<TestCase, LoadError> {
+    let seed = seed_override
+        .or(variant.and_then(|v| v.seed))
+        .unwrap_or(t.seed);
     let duration_text = variant
         .and_then(|v| v.duration.clone())
         .unwrap_or_else(|| t.duration.clone());
@@ -425,7 +451,11 @@ fn build_case(
 
     // Steps: the test's plus the variant's. Dropped steps are left out of the run, but their
     // labels still mark instants, so the expectations read the same in every variant.
-    let mut raw_steps: Vec<&Spanned<toml::Table>> = t.steps.iter().collect();
+    let mut raw_steps: Vec<(std::ops::Range<usize>, toml::Table)> = t
+        .steps
+        .iter()
+        .map(|s| (s.span(), s.get_ref().clone()))
+        .collect();
     let dropped: &[String] = variant.map_or(&[], |v| v.drop_steps.as_slice());
     for d in dropped {
         if !t
@@ -437,7 +467,18 @@ fn build_case(
         }
     }
     if let Some(v) = variant {
-        raw_steps.extend(v.steps.iter());
+        raw_steps.extend(v.steps.iter().map(|s| (s.span(), s.get_ref().clone())));
+    }
+    let mut sweep_faults = 0;
+    if let Some(table) = &t.sweep {
+        let span = table.span();
+        let spec = sweep::SweepSpec::parse(table.get_ref(), duration)
+            .map_err(|m| err_at(Some(span.clone()), format!("sweep: {m}")))?;
+        sweep_faults = spec.faults.len();
+        let drawn = spec
+            .draw(&t.name, seed)
+            .map_err(|m| err_at(Some(span.clone()), format!("sweep: {m}")))?;
+        raw_steps.extend(drawn.into_iter().map(|s| (span.clone(), s)));
     }
     let mut steps = build_steps(source, &raw_steps, &devices, duration, err_at)?;
 
@@ -460,7 +501,8 @@ fn build_case(
         name: t.name.clone(),
         variant: variant.map(|v| v.name.clone()),
         must_break: variant.map(|v| v.breaks.clone()).unwrap_or_default(),
-        seed: variant.and_then(|v| v.seed).unwrap_or(t.seed),
+        seed,
+        sweep_faults,
         duration,
         devices,
         kinds,
@@ -471,7 +513,7 @@ fn build_case(
 
 fn build_steps(
     text: &str,
-    raw: &[&Spanned<toml::Table>],
+    raw: &[(std::ops::Range<usize>, toml::Table)],
     devices: &[(String, Rc<dyn DeviceSpec>)],
     duration: Duration,
     err_at: &ErrAt<'_>,
@@ -479,9 +521,9 @@ fn build_steps(
     // Resolve `after = "label"` chains in file order; a label must be defined before use.
     let mut labels: BTreeMap<String, Instant> = BTreeMap::new();
     let mut steps = Vec::new();
-    for s in raw {
-        let span = s.span();
-        let mut table = s.get_ref().clone();
+    for (span, table) in raw {
+        let span = span.clone();
+        let mut table = table.clone();
         let e = |m: String| err_at(Some(span.clone()), m);
         let take_str = |table: &mut toml::Table, key: &str| -> Result<Option<String>, LoadError> {
             match table.remove(key) {

@@ -185,7 +185,7 @@ pub fn junit_report(runs: &[(&TestCase, &TestResult)]) -> String {
     out
 }
 
-fn xml_escape(s: &str) -> String {
+pub(crate) fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use super::run::{Extras, StateSampler, TestResult, run_test_with};
-use super::{TestCase, load_file};
+use super::{TestCase, load_file_seeded};
 use firmware_core::time::Instant;
 
 use crate::devices::StateValue;
@@ -200,7 +200,7 @@ pub fn run_suite(
                 // This worker's own copy of the cases (they are not `Send`).
                 let mut mine: Vec<TestCase> = Vec::new();
                 for f in files {
-                    match load_file(f) {
+                    match load_file_seeded(f, options.seed) {
                         Ok(c) => mine.extend(c.into_iter().filter(|c| {
                             wanted
                                 .iter()

@@ -403,13 +403,13 @@ fn check_action(verb: &str, params: &toml::Table) -> Result<(), String> {
 
 const STATES: &str = "relay<N>, relays, led.fault, led.eth, led.pwr, led.ch<N>, led.sel<N>, switch_state, \
     ocp_state, meter.<N>.degraded, meter.<N>.power_w, meter.<N>.current_a, config.<key>, \
-    config_source, boots, powered, net.accepted, net.dropped, net.high_water, snmp.<counter>, \
+    last_state, config_source, boots, powered, net.accepted, net.dropped, net.high_water, snmp.<counter>, \
     flood.sent, flood.replies, flood.unaccounted, switch_q.<stat>, log_q.<stat>, health.hung, io_errors";
 
 fn check_state(key: &str) -> Result<(), String> {
     let ok = match key {
         "relays" | "led.fault" | "led.eth" | "led.pwr" | "switch_state" | "ocp_state"
-        | "config_source" | "boots" | "powered" | "net.accepted" | "net.dropped"
+        | "last_state" | "config_source" | "boots" | "powered" | "net.accepted" | "net.dropped"
         | "net.high_water" | "flood.sent" | "flood.replies" | "flood.unaccounted"
         | "health.hung" | "io_errors" => true,
         k if k.starts_with("config.") => true,
@@ -861,6 +861,7 @@ impl Device for Pdu {
             ),
             "io_errors" => StateValue::Int(i64::from(snap.map_or(0, |s| s.io_errors))),
             "config_source" => StateValue::Text(sh.config_source.borrow().clone()),
+            "last_state" => StateValue::Int(i64::from(sh.config.borrow().switch.last_state.0)),
             "boots" => StateValue::Int(i64::from(sh.boots.get())),
             "powered" => StateValue::Bool(sh.power.is_on()),
             "net.accepted" => StateValue::Int(sh.net_inbox.stats().accepted as i64),
