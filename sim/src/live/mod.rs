@@ -20,6 +20,7 @@ use crate::devices::Device;
 use crate::kernel::{Kernel, LiveControl, RunEnd, TaskSpec};
 
 pub mod control;
+pub mod guard;
 pub mod pty;
 
 pub use control::Controller;
@@ -125,6 +126,11 @@ pub trait LiveHandle {
     }
     /// The running device, for actions and state reads from other threads ([`Controller`]).
     fn device(&mut self) -> Option<&mut dyn Device> {
+        None
+    }
+    /// State keys of the twin's live services (their counters, e.g. `http.refused_busy`), read
+    /// before the device's own keys.
+    fn live_state(&self, _key: &str) -> Option<crate::devices::StateValue> {
         None
     }
 }
