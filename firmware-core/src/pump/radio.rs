@@ -1,8 +1,8 @@
 //! The governor's hand on the WiFi radio: transmit power per priority.
 //!
-//! The design's priority table lowers the WiFi transmit power while pumps run ("reduced power",
-//! for less interference with the motor drivers and the FluidNC UART) and to a minimum in an
-//! emergency, from a configured default of 11 dBm. [`RadioTask`] makes that a firmware decision:
+//! The design's priority table (`docs/design.md`) lowers the WiFi transmit power while pumps run
+//! ("reduced power", for less interference with the motor drivers and the FluidNC UART) and to a
+//! minimum in an emergency, from a configured default of 11 dBm. [`RadioTask`] makes that a firmware decision:
 //! it sets the level of the current priority at boot and again on every governor change, through
 //! the platform's [`WifiRadio`] (on the board the radio driver's TX power setting; in the twin the
 //! WiFi link model's `tx_power`). The levels are configuration ([`TxPowerLevels`]).
