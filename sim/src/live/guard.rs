@@ -112,6 +112,16 @@ pub fn busy_reply(why: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The 408 a request that did not arrive in time gets (the service's read or idle timeout).
+pub fn timeout_reply() -> Vec<u8> {
+    let body = "{\"error\":\"request timeout\"}";
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
 /// What to do with a connection over the cap.
 pub trait Refuse<C>: Send + Sync + 'static {
     /// Answer and close `conn` (it is dropped afterwards).

@@ -34,7 +34,7 @@ use super::net::{Inbox, NetInput, ReplyTo};
 use super::{Pdu, PduSpec};
 use crate::devices::StateValue;
 use crate::kernel::{Kernel, TaskSpec};
-use crate::live::guard::{Refuse503, ServiceStats, Slot, accept_loop, busy_reply};
+use crate::live::guard::{Refuse503, ServiceStats, Slot, accept_loop, busy_reply, timeout_reply};
 use crate::live::pty::Pty;
 use crate::live::{LiveContext, LiveHandle, LiveTwin};
 use crate::periph::eeprom::Cat24c256;
@@ -295,7 +295,7 @@ async fn serve_connection(
         Received::Closed => return,
         Received::TimedOut => {
             ServiceStats::bump(&stats.timed_out);
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&timed_out())).await;
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&timeout_reply())).await;
             let _ = stream.shutdown().await;
             return;
         }
@@ -316,15 +316,6 @@ async fn serve_connection(
     // A client that does not read its answer loses it after WRITE_TIMEOUT.
     let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&reply)).await;
     let _ = stream.shutdown().await;
-}
-
-fn timed_out() -> Vec<u8> {
-    let body = "{\"error\":\"request timeout\"}";
-    format!(
-        "HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// The console path a running twin announced in its ready file (`pdu_console`).
