@@ -209,6 +209,39 @@ fn snmp_and_http_clients_read_and_switch_and_a_wrong_community_gets_no_write() {
     twin.quit();
 }
 
+/// The voltage `snmpget` reads for an outlet (`19865.5.<ch>.1.0`, a string such as `"230.00"`).
+fn volts(twin: &Twin, ch: u8) -> Option<f64> {
+    let o = twin.snmp(
+        "snmpget",
+        &["-c", "public", &format!(".1.3.6.1.4.1.19865.5.{ch}.1.0")],
+    );
+    text(&o).split('"').nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_switched_off_outlet_reads_the_residue_behind_its_relay_as_on_a_real_energis() {
+    let twin = Twin::start("meters", &state_dir("pdu-live-meters"));
+    let o = twin.snmp("snmpset", &["-c", "private", OUTLET_2, "i", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The meters refresh one channel at a time: wait (bounded) until outlet 2 shows mains.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while volts(&twin, 2).is_none_or(|v| v < 200.0) {
+        assert!(Instant::now() < deadline, "outlet 2 never read mains");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let off = volts(&twin, 1).expect("outlet 1 reads");
+    assert!(
+        (0.0..0.2).contains(&off),
+        "outlet 1 is off but reads {off} V"
+    );
+    let status = twin.curl(&[&format!("http://{}/api/status", twin.http)]);
+    let body = status.split("\r\n\r\n").nth(1).expect("a body");
+    let json: serde_json::Value = serde_json::from_str(body).expect("status JSON");
+    let v1 = json["channels"][0]["voltage"].as_f64().expect("voltage");
+    assert!(v1 < 0.2, "/api/status: outlet 1 reads {v1} V");
+    twin.quit();
+}
+
 #[test]
 fn console_pty_answers_help_and_saved_configuration_survives_a_restart() {
     let dir = state_dir("pdu-live-console");

@@ -225,6 +225,34 @@ fn the_estop_trace_is_a_valid_timeline_with_every_core_and_task_and_the_feed_hol
         .map(|e| e["cat"].clone());
     assert_eq!(cat, Some(Value::from("uart")));
 
+    // The other instants a timeline reader looks for, each in its category: the governor's
+    // priority changes (EMERGENCY at the edge), the controller's publishes beside their
+    // deliveries, and FluidNC's `?` polls.
+    let in_category = |cat: &str, text: &str| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "i" && e["cat"] == cat)
+            .filter(|e| e["name"].as_str().is_some_and(|n| n.starts_with(text)))
+            .filter_map(|e| e["ts"].as_u64())
+            .collect()
+    };
+    let emergency = in_category("priority", "priority EMERGENCY");
+    assert_eq!(emergency.len(), 1, "{emergency:?}");
+    assert!(
+        emergency[0] >= edge[0] && emergency[0] <= hold[0],
+        "{emergency:?}"
+    );
+    assert_eq!(in_category("priority", "priority DISPENSING").len(), 1);
+    assert_eq!(in_category("priority", "priority IDLE").len(), 1);
+    let alarm_out = in_category("mqtt", "publish pump/controller/alarm");
+    let alarm_in = in_category("mqtt", "pump/controller/alarm");
+    assert_eq!((alarm_out.len(), alarm_in.len()), (1, 1));
+    assert!(
+        alarm_out[0] < alarm_in[0],
+        "published before it is delivered"
+    );
+    assert!(!in_category("uart", "rx ?").is_empty(), "the status polls");
+
     // Counters: the outbox depth and the cores' load.
     let counters: BTreeSet<&str> = events
         .iter()

@@ -37,6 +37,7 @@
 use core::fmt;
 
 use crc::{CRC_32_ISO_HDLC, Crc};
+use embassy_futures::select::{Either, select};
 use embassy_sync::blocking_mutex::raw::RawMutex;
 use embedded_hal_async::delay::DelayNs;
 use embedded_hal_async::i2c::I2c;
@@ -49,7 +50,9 @@ use super::config::{
 };
 use super::eeprom::{Cat24c256, EepromError};
 use super::{CHANNELS, OutletMask};
+use crate::ports::Clock;
 use crate::queue::Queue;
+use crate::time::{Duration, Instant};
 
 /// Schema version written by this firmware.
 pub const VERSION: u16 = 2;
@@ -613,6 +616,8 @@ pub enum StorageOp {
     Save(PduConfig),
     /// Persist factory defaults (console `RFS`).
     FactoryReset,
+    /// Reboot once every request accepted before this one is served (see [`StorageTask`]).
+    Reboot,
 }
 
 /// A request to StorageTask; `token` comes back in the reply.
@@ -668,6 +673,11 @@ pub enum StorageReply {
         /// Where.
         saved: Saved,
     },
+    /// Answer to [`StorageOp::Reboot`]: every request before it is served.
+    Flushed {
+        /// The request's token.
+        token: u32,
+    },
     /// A save or factory reset failed; the previous configuration stays in force.
     Failed {
         /// The request's token.
@@ -683,6 +693,7 @@ impl StorageReply {
         match self {
             StorageReply::Loaded { token, .. }
             | StorageReply::Saved { token, .. }
+            | StorageReply::Flushed { token }
             | StorageReply::Failed { token, .. } => *token,
         }
     }
@@ -701,6 +712,7 @@ impl<I2C: I2c, D: DelayNs> Storage<I2C, D> {
             }
             StorageOp::Save(config) => self.save(&config).await,
             StorageOp::FactoryReset => self.save(&PduConfig::default()).await,
+            StorageOp::Reboot => return StorageReply::Flushed { token },
         };
         match result {
             Ok(saved) => StorageReply::Saved { token, saved },
@@ -713,20 +725,119 @@ impl<I2C: I2c, D: DelayNs> Storage<I2C, D> {
     }
 }
 
-/// The StorageTask runner: serves [`StorageRequest`]s one at a time, answers on `replies`.
+/// What StorageTask tells and asks the rest of the firmware, besides its queues.
+///
+/// On the board: the relay state comes from SwitchTask's published snapshot, the heartbeat goes
+/// to HealthTask's board, `stored` updates the configuration other tasks read, `reboot` resets
+/// the MCU. Every method has a do-nothing default, so a platform implements what it has.
+///
+/// # Contract
+/// * No method may block or yield: the runner calls them between EEPROM transactions.
+/// * `reboot` is called only after every request accepted before the [`StorageOp::Reboot`] has
+///   been served and answered; the platform resets at once (it need not return).
+pub trait StorageLinks {
+    /// The relays SwitchTask drives now (`None` before its first publish).
+    fn relays(&mut self) -> Option<OutletMask> {
+        None
+    }
+    /// The task is alive at `now` (called at least every [`IDLE_BEAT`] and after each request).
+    fn beat(&mut self, _now: Instant) {}
+    /// A request was served; `reply` is what went (or was offered) to the reply queue.
+    fn replied(&mut self, _request: &StorageOp, _reply: &StorageReply) {}
+    /// `config` is stored and now the configuration in force.
+    fn stored(&mut self, _config: &PduConfig) {}
+    /// Reset the device: everything accepted before the reboot request is stored.
+    fn reboot(&mut self) {}
+}
+
+/// No links: nobody follows the relays, beats, or reboots.
+pub struct NoLinks;
+
+impl StorageLinks for NoLinks {}
+
+/// How often the runner beats while no request arrives, and how often it looks at the relays.
+pub const IDLE_BEAT: Duration = Duration::from_millis(250);
+/// How long the relays must stay unchanged before `last_state` is saved for `restore_on_boot`
+/// (so a burst of toggles costs one EEPROM write, not one per toggle).
+pub const LAST_STATE_SETTLE: Duration = Duration::from_secs(1);
+/// Tokens of the saves StorageTask makes by itself (`last_state`) have this bit set, so they
+/// never collide with a caller's token.
+pub const OWN_TOKEN: u32 = 0x8000_0000;
+
+/// Decides when the relay state is saved as `last_state` for `restore_on_boot`: once the relays
+/// differ from the stored `last_state` and have stayed the same for [`LAST_STATE_SETTLE`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LastStateFollower {
+    /// The relay state seen last, and since when it has been unchanged.
+    seen: Option<(OutletMask, Instant)>,
+}
+
+impl LastStateFollower {
+    /// A follower that has seen nothing yet.
+    pub const fn new() -> Self {
+        LastStateFollower { seen: None }
+    }
+
+    /// Look at the relays at `now`; returns the mask to save as `last_state`, if it is time.
+    pub fn observe(
+        &mut self,
+        relays: Option<OutletMask>,
+        now: Instant,
+        policy: &SwitchPolicy,
+    ) -> Option<OutletMask> {
+        let relays = match relays {
+            Some(r) if policy.restore_on_boot && r != policy.last_state => r,
+            _ => {
+                self.seen = None;
+                return None;
+            }
+        };
+        match self.seen {
+            Some((mask, since)) if mask == relays => {
+                if now.saturating_since(since) >= LAST_STATE_SETTLE {
+                    self.seen = None;
+                    Some(relays)
+                } else {
+                    None
+                }
+            }
+            _ => {
+                self.seen = Some((relays, now));
+                None
+            }
+        }
+    }
+}
+
+/// The StorageTask runner: serves [`StorageRequest`]s one at a time, in the order they were
+/// accepted, answers on `replies`, and (with [`serve`](Self::serve)) beats its heartbeat and
+/// saves `last_state` once the relays have settled.
 ///
 /// Senders use [`Queue::offer`] on a `RejectNew` request queue (a refused save is answered by the
 /// sender as busy) or [`Queue::send`]. Replies are offered to `replies`; with several clients,
 /// each picks its own by token. A reply that finds the queue full is lost and counted by the
 /// queue's stats (use `DropOldest` so the newest answers survive).
-pub struct StorageTask<'a, M: RawMutex, I2C, D, const RQ: usize, const RP: usize> {
+///
+/// # Reboots never drop an accepted request
+/// A firmware reboot (console `REBOOT`, `RFS`, HTTP/SNMP reboot) is a [`StorageOp::Reboot`]
+/// *request* on the same queue, sent with [`Queue::send`] (it waits for room rather than being
+/// refused). The queue is FIFO, so by the time the runner serves it every save and factory reset
+/// accepted before it is written and verified; only then does it call
+/// [`StorageLinks::reboot`]. This is what the ENERGIS firmware's `storage_load_defaults` does
+/// before its reset. A power cut or watchdog reset is not a request and can still interrupt a
+/// save, which the two-slot record format survives.
+pub struct StorageTask<'a, M: RawMutex, I2C, D, const RQ: usize, const RP: usize, L = NoLinks> {
     storage: Storage<I2C, D>,
     requests: &'a Queue<M, StorageRequest, RQ>,
     replies: &'a Queue<M, StorageReply, RP>,
+    links: L,
+    config: PduConfig,
+    follower: LastStateFollower,
+    own_tokens: u32,
 }
 
 impl<'a, M: RawMutex, I2C: I2c, D: DelayNs, const RQ: usize, const RP: usize>
-    StorageTask<'a, M, I2C, D, RQ, RP>
+    StorageTask<'a, M, I2C, D, RQ, RP, NoLinks>
 {
     /// A task over `storage`. Boot usually calls [`Storage::load`] before handing it over.
     pub fn new(
@@ -738,22 +849,113 @@ impl<'a, M: RawMutex, I2C: I2c, D: DelayNs, const RQ: usize, const RP: usize>
             storage,
             requests,
             replies,
+            links: NoLinks,
+            config: PduConfig::default(),
+            follower: LastStateFollower::new(),
+            own_tokens: 0,
+        }
+    }
+
+    /// The same task with `links`, starting from `config`, the configuration boot loaded (it is
+    /// what `restore_on_boot` and `last_state` are judged against).
+    pub fn with_links<L: StorageLinks>(
+        self,
+        links: L,
+        config: PduConfig,
+    ) -> StorageTask<'a, M, I2C, D, RQ, RP, L> {
+        StorageTask {
+            storage: self.storage,
+            requests: self.requests,
+            replies: self.replies,
+            links,
+            config,
+            follower: self.follower,
+            own_tokens: self.own_tokens,
+        }
+    }
+}
+
+impl<'a, M: RawMutex, I2C: I2c, D: DelayNs, const RQ: usize, const RP: usize, L: StorageLinks>
+    StorageTask<'a, M, I2C, D, RQ, RP, L>
+{
+    /// The configuration in force, as far as this task knows.
+    pub fn config(&self) -> &PduConfig {
+        &self.config
+    }
+
+    /// The links (for tests and telemetry).
+    pub fn links(&self) -> &L {
+        &self.links
+    }
+
+    /// Serve one request: store it, answer it, tell the links, reboot if it asked to.
+    pub async fn serve_request(&mut self, request: StorageRequest) {
+        let stored = match &request.op {
+            StorageOp::Save(c) => Some(c.clone()),
+            StorageOp::FactoryReset => Some(PduConfig::default()),
+            StorageOp::Load | StorageOp::Reboot => None,
+        };
+        let reboot = request.op == StorageOp::Reboot;
+        let op = request.op.clone();
+        let reply = self.storage.handle(request).await;
+        self.links.replied(&op, &reply);
+        if let (Some(config), StorageReply::Saved { .. }) = (stored, &reply) {
+            self.links.stored(&config);
+            self.config = config;
+        }
+        if let crate::queue::Offer::Rejected(r) = self.replies.offer(reply) {
+            warn!("storage: reply {} dropped, reply queue full", r.token());
+        }
+        if reboot {
+            info!("storage: every accepted request served, rebooting");
+            self.links.reboot();
         }
     }
 
     /// Serve one request from the queue (waits for it).
     pub async fn step(&mut self) {
         let request = self.requests.receive().await;
-        let reply = self.storage.handle(request).await;
-        if let crate::queue::Offer::Rejected(r) = self.replies.offer(reply) {
-            warn!("storage: reply {} dropped, reply queue full", r.token());
-        }
+        self.serve_request(request).await;
     }
 
-    /// Serve requests forever.
+    /// Serve requests forever (no heartbeat, no `last_state` following: see
+    /// [`serve`](Self::serve)).
     pub async fn run(&mut self) -> ! {
         loop {
             self.step().await;
+        }
+    }
+
+    /// The whole task: serve requests, beat at least every [`IDLE_BEAT`], and save the relay
+    /// state as `last_state` when `restore_on_boot` is on and the relays have settled
+    /// ([`LastStateFollower`]).
+    pub async fn serve<C: Clock>(&mut self, clock: &C) -> ! {
+        loop {
+            let request = match select(self.requests.receive(), clock.sleep(IDLE_BEAT)).await {
+                Either::First(r) => Some(r),
+                Either::Second(()) => None,
+            };
+            self.links.beat(clock.now());
+            if let Some(request) = request {
+                self.serve_request(request).await;
+                self.links.beat(clock.now());
+            }
+            let relays = self.links.relays();
+            if let Some(mask) = self
+                .follower
+                .observe(relays, clock.now(), &self.config.switch)
+            {
+                let mut next = self.config.clone();
+                next.switch.last_state = mask;
+                self.own_tokens = self.own_tokens.wrapping_add(1);
+                let token = OWN_TOKEN | (self.own_tokens & !OWN_TOKEN);
+                self.serve_request(StorageRequest {
+                    op: StorageOp::Save(next),
+                    token,
+                })
+                .await;
+                self.links.beat(clock.now());
+            }
         }
     }
 }
@@ -1201,6 +1403,164 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Links that write down what the runner told them, in order.
+    #[derive(Default)]
+    struct Recorder {
+        log: std::vec::Vec<std::string::String>,
+        relays: Option<OutletMask>,
+    }
+
+    impl StorageLinks for Recorder {
+        fn relays(&mut self) -> Option<OutletMask> {
+            self.relays
+        }
+        fn replied(&mut self, _request: &StorageOp, reply: &StorageReply) {
+            self.log.push(std::format!("reply {}", reply.token()));
+        }
+        fn stored(&mut self, config: &PduConfig) {
+            self.log
+                .push(std::format!("stored {}", config.identity.device_name));
+        }
+        fn reboot(&mut self) {
+            self.log.push("reboot".into());
+        }
+    }
+
+    #[test]
+    fn a_reboot_request_runs_only_after_every_request_accepted_before_it_is_stored() {
+        let requests: Queue<NoopRawMutex, StorageRequest, 4> = Queue::new(FullPolicy::RejectNew);
+        let replies: Queue<NoopRawMutex, StorageReply, 4> = Queue::new(FullPolicy::DropOldest);
+        let mut task = StorageTask::new(blank_storage(), &requests, &replies)
+            .with_links(Recorder::default(), PduConfig::default());
+        let mut configured = named("rack-9", 9);
+        configured.identity.device_name = String::try_from("rack-9").unwrap();
+        // CONFIG SAVE, then RFS (a factory reset and a reboot), as the console sends them.
+        for (token, op) in [
+            StorageOp::Save(configured),
+            StorageOp::FactoryReset,
+            StorageOp::Reboot,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(
+                requests
+                    .offer(StorageRequest {
+                        op,
+                        token: token as u32
+                    })
+                    .is_queued()
+            );
+        }
+        while !requests.is_empty() {
+            block_on(task.step());
+        }
+        assert_eq!(
+            task.links().log,
+            [
+                "reply 0",
+                "stored rack-9",
+                "reply 1",
+                "stored ENERGIS",
+                "reply 2",
+                "reboot"
+            ]
+        );
+        assert_eq!(replies.len(), 3);
+        assert_eq!(task.config(), &PduConfig::default());
+        // What the reboot finds on the part: the factory reset, not the save before it.
+        let StorageTask { storage, .. } = task;
+        let loaded = block_on(reboot(storage).load());
+        assert_stored(&loaded, Slot::B, 2);
+        assert_eq!(loaded.config, PduConfig::default());
+    }
+
+    fn restoring(last: u8) -> SwitchPolicy {
+        let mut p = PduConfig::default().switch;
+        p.restore_on_boot = true;
+        p.last_state = OutletMask(last);
+        p
+    }
+
+    #[test]
+    fn last_state_is_saved_once_the_relays_have_settled_for_a_second() {
+        let mut f = LastStateFollower::new();
+        let p = restoring(0x01);
+        let at = Instant::from_millis;
+        assert_eq!(f.observe(Some(OutletMask(0x03)), at(0), &p), None);
+        assert_eq!(f.observe(Some(OutletMask(0x03)), at(999), &p), None);
+        assert_eq!(
+            f.observe(Some(OutletMask(0x03)), at(1000), &p),
+            Some(OutletMask(0x03))
+        );
+        // A change restarts the wait; toggling back to what is stored cancels it.
+        assert_eq!(f.observe(Some(OutletMask(0x07)), at(1100), &p), None);
+        assert_eq!(f.observe(Some(OutletMask(0x0F)), at(1900), &p), None);
+        assert_eq!(f.observe(Some(OutletMask(0x0F)), at(2500), &p), None);
+        assert_eq!(f.observe(Some(OutletMask(0x01)), at(2600), &p), None);
+        assert_eq!(f.observe(Some(OutletMask(0x01)), at(9000), &p), None);
+    }
+
+    #[test]
+    fn last_state_is_never_saved_without_restore_on_boot_or_a_relay_state() {
+        let mut f = LastStateFollower::new();
+        let mut p = restoring(0x00);
+        p.restore_on_boot = false;
+        let at = Instant::from_millis;
+        for t in [0, 1000, 5000] {
+            assert_eq!(f.observe(Some(OutletMask(0xFF)), at(t), &p), None);
+            assert_eq!(f.observe(None, at(t), &restoring(0)), None);
+        }
+    }
+
+    #[test]
+    fn the_task_saves_the_settled_relays_with_its_own_token() {
+        struct Tick(core::cell::Cell<u64>);
+        impl Clock for Tick {
+            fn now(&self) -> Instant {
+                Instant::from_micros(self.0.get())
+            }
+            async fn sleep_until(&self, deadline: Instant) {
+                // Yield once, so the test's stop condition runs between the runner's wakes.
+                embassy_futures::yield_now().await;
+                self.0.set(self.0.get().max(deadline.as_micros()));
+            }
+        }
+        let requests: Queue<NoopRawMutex, StorageRequest, 4> = Queue::new(FullPolicy::RejectNew);
+        let replies: Queue<NoopRawMutex, StorageReply, 4> = Queue::new(FullPolicy::DropOldest);
+        let mut config = PduConfig::default();
+        config.switch.restore_on_boot = true;
+        let links = Recorder {
+            relays: Some(OutletMask(0x05)),
+            ..Recorder::default()
+        };
+        let mut task =
+            StorageTask::new(blank_storage(), &requests, &replies).with_links(links, config);
+        let clock = Tick(core::cell::Cell::new(0));
+        let serve = task.serve(&clock);
+        let stop = async {
+            while replies.is_empty() {
+                embassy_futures::yield_now().await;
+            }
+        };
+        block_on(select(serve, stop));
+        assert!(clock.now() >= Instant::ZERO + LAST_STATE_SETTLE);
+        match replies.try_receive() {
+            Some(StorageReply::Saved { token, saved }) => {
+                assert_eq!(token, OWN_TOKEN | 1);
+                assert_eq!(
+                    saved,
+                    Saved {
+                        slot: Slot::A,
+                        seq: 1
+                    }
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(task.config().switch.last_state, OutletMask(0x05));
     }
 
     proptest! {

@@ -31,7 +31,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
-use embassy_futures::select::{Either, Either3, select, select3};
+use embassy_futures::select::{Either3, select, select3};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::signal::Signal;
 use embassy_sync::watch::Watch;
@@ -47,7 +47,9 @@ use firmware_core::pdu::meter::{
     MeterCore, MeterLinks, MeterSettings, MeterTask, SwitchQueueMux, currents,
 };
 use firmware_core::pdu::snmp::SnmpStats;
-use firmware_core::pdu::storage::{LoadSource, Storage, StorageOp, StorageReply, StorageRequest};
+use firmware_core::pdu::storage::{
+    LoadSource, Storage, StorageLinks, StorageOp, StorageReply, StorageRequest, StorageTask,
+};
 use firmware_core::pdu::switch::{
     EventPort, SwitchAux, SwitchCore, SwitchEvent, SwitchLinks, SwitchSnapshot, SwitchTask,
 };
@@ -70,8 +72,10 @@ pub type ReplyQ = Queue<M, SwitchReply, 4>;
 pub type AuxQ = Queue<M, SwitchAux, 8>;
 /// The log queue (DropOldest).
 pub type LogQ = Queue<M, LogEvent, 32>;
-/// StorageTask's requests (RejectNew: a refused save is reported).
+/// StorageTask's requests (RejectNew: a refused save is reported; a reboot request waits).
 pub type StorageQ = Queue<M, StorageRequest, 4>;
+/// StorageTask's replies (DropOldest; no front-end waits for one yet, the trace records them).
+pub type StorageReplyQ = Queue<M, StorageReply, 4>;
 
 /// The board's statics for one power-on.
 pub struct Board {
@@ -97,6 +101,8 @@ pub struct Board {
     pub log: LogQ,
     /// StorageTask requests.
     pub storage_q: StorageQ,
+    /// StorageTask replies.
+    pub storage_replies: StorageReplyQ,
     /// ButtonTask's sleep request.
     pub sleep: Signal<M, ()>,
 }
@@ -115,6 +121,7 @@ impl Board {
             beats: Heartbeats::new(),
             log: Queue::new(FullPolicy::DropOldest),
             storage_q: Queue::new(FullPolicy::RejectNew),
+            storage_replies: Queue::new(FullPolicy::DropOldest),
             sleep: Signal::new(),
         }
     }
@@ -678,77 +685,48 @@ async fn switch_task(sh: Rc<Shared>, b: &'static Board) {
 }
 
 async fn storage_task(sh: Rc<Shared>, b: &'static Board) {
-    let Some(mut storage) = sh.storage_slot.borrow_mut().take() else {
+    let Some(storage) = sh.storage_slot.borrow_mut().take() else {
         return;
     };
-    let clock = sh.clock.clone();
-    let mut changed_since: Option<Instant> = None;
-    loop {
-        let req = match select(
-            b.storage_q.receive(),
-            clock.sleep(Duration::from_millis(250)),
-        )
-        .await
-        {
-            Either::First(r) => Some(r),
-            Either::Second(()) => None,
-        };
-        b.beats.beat(TaskId::STORAGE, clock.now());
-        let req = match req {
-            Some(r) => r,
-            None => {
-                // Follow the relays for restore_on_boot: save last_state once it has been
-                // stable for a second (the EEPROM is not worn by every toggle).
-                let cfg = sh.config.borrow().clone();
-                let relays = sh.switch_snapshot().map(|s| s.relays);
-                match relays {
-                    Some(r) if cfg.switch.restore_on_boot && r != cfg.switch.last_state => {
-                        let since = *changed_since.get_or_insert(clock.now());
-                        if clock.now() - since < Duration::from_secs(1) {
-                            continue;
-                        }
-                        changed_since = None;
-                        let mut next = cfg;
-                        next.switch.last_state = r;
-                        StorageRequest {
-                            op: StorageOp::Save(next),
-                            token: sh.next_token(),
-                        }
-                    }
-                    _ => {
-                        changed_since = None;
-                        continue;
-                    }
-                }
-            }
-        };
-        let saving = match &req.op {
-            StorageOp::Save(c) => Some(c.clone()),
-            StorageOp::FactoryReset => Some(PduConfig::default()),
-            StorageOp::Load => None,
-        };
-        let reply = storage.handle(req).await;
-        b.beats.beat(TaskId::STORAGE, clock.now());
-        match reply {
-            StorageReply::Saved { saved, token } => {
-                sh.record(
-                    "storage",
-                    format!(
-                        "saved slot {:?} seq {} token={token}",
-                        saved.slot, saved.seq
-                    ),
-                );
-                if let Some(c) = saving {
-                    *sh.config.borrow_mut() = c;
-                }
-            }
+    let config = sh.config.borrow().clone();
+    let mut task = StorageTask::new(storage, &b.storage_q, &b.storage_replies)
+        .with_links(BoardStorageLinks(sh.clone(), b), config);
+    task.serve(&sh.clock).await;
+}
+
+/// StorageTask follows SwitchTask's published relays, beats on the board's heartbeats, records
+/// its answers in the trace, publishes the configuration in force, and asks the supervisor for
+/// the power cycle of a reboot request.
+struct BoardStorageLinks(Rc<Shared>, &'static Board);
+
+impl StorageLinks for BoardStorageLinks {
+    fn relays(&mut self) -> Option<OutletMask> {
+        self.0.switch_snapshot().map(|s| s.relays)
+    }
+    fn beat(&mut self, now: Instant) {
+        self.1.beats.beat(TaskId::STORAGE, now);
+    }
+    fn replied(&mut self, _request: &StorageOp, reply: &StorageReply) {
+        let text = match reply {
+            StorageReply::Saved { saved, token } => format!(
+                "saved slot {:?} seq {} token={token}",
+                saved.slot, saved.seq
+            ),
             StorageReply::Failed { error, token } => {
-                sh.record("storage", format!("save failed: {error:?} token={token}"));
+                format!("save failed: {error:?} token={token}")
             }
-            StorageReply::Loaded { loaded, .. } => {
-                sh.record("storage", format!("loaded: {:?}", loaded.source));
+            StorageReply::Loaded { loaded, .. } => format!("loaded: {:?}", loaded.source),
+            StorageReply::Flushed { token } => {
+                format!("accepted requests stored, reboot token={token}")
             }
-        }
+        };
+        self.0.record("storage", text);
+    }
+    fn stored(&mut self, config: &PduConfig) {
+        *self.0.config.borrow_mut() = config.clone();
+    }
+    fn reboot(&mut self) {
+        self.0.request_reboot("reboot requested");
     }
 }
 

@@ -272,7 +272,18 @@ pub async fn forward(
                     sh.record("storage", "factory reset refused: storage queue full");
                 }
             }
-            Intent::Reboot => sh.request_reboot("reboot requested"),
+            Intent::Reboot => {
+                // Through StorageTask's queue, behind every save accepted before it: the reboot
+                // happens once they are stored (it waits for room rather than being refused).
+                let token = sh.next_token();
+                sh.record("storage", format!("reboot requested token={token}"));
+                b.storage_q
+                    .send(StorageRequest {
+                        op: StorageOp::Reboot,
+                        token,
+                    })
+                    .await;
+            }
             Intent::ClearErrors => sh.record("health", "errors cleared"),
         }
     }

@@ -3,8 +3,8 @@
 //!
 //! The tap sits between the UART link and the board: every byte the board reads passes
 //! through it. It records the controller's lines and realtime commands as trace events
-//! (`rx <line>`, `rx !`, `rx ~`, `rx reset`; status queries `?` are not traced, they come every
-//! 200 ms), keeps the last one for the `uart.last_tx` state, and samples the E-stop latency
+//! (`rx <line>`, `rx !`, `rx ~`, `rx reset`; status queries, every 200 ms, as `rx ?` under a
+//! source of their own, `<device>.fluidnc.poll`, so they do not crowd the lines), keeps the last one for the `uart.last_tx` state, and samples the E-stop latency
 //! (button edge → `!` received) and the command latency (a dispense request → its `G1` received).
 use std::cell::RefCell;
 use std::convert::Infallible;
@@ -40,6 +40,8 @@ pub struct Tap {
     clock: SimClock,
     tracer: Tracer,
     source: String,
+    /// Where the `?` status queries go.
+    poll_source: String,
     metric_estop: String,
     metric_cmd: String,
 }
@@ -59,6 +61,7 @@ impl Tap {
             clock,
             tracer,
             source: format!("{device}.fluidnc"),
+            poll_source: format!("{device}.fluidnc.poll"),
             metric_estop: format!("{device}.estop.latency_us"),
             metric_cmd: format!("{device}.cmd.latency_ms"),
         }
@@ -68,7 +71,7 @@ impl Tap {
         let now = self.clock.now();
         let mut p = self.probe.borrow_mut();
         match b {
-            b'?' => {}
+            b'?' => self.tracer.record(&self.poll_source, "rx ?"),
             b'!' => {
                 p.holds += 1;
                 p.last_rx = "!".into();

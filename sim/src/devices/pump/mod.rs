@@ -662,8 +662,9 @@ pub struct Fw {
     pub web: WebCounters<NoopRawMutex>,
 }
 
-/// Governor receivers: MQTT task, status publisher, WebSocket feed, radio.
-pub const GOV_RECEIVERS: usize = 4;
+/// Governor receivers: MQTT task, status publisher, WebSocket feed, radio, and the twin's
+/// observer that puts each priority change on the timeline.
+pub const GOV_RECEIVERS: usize = 5;
 
 impl Fw {
     fn new(drain: DrainConfig) -> Self {
@@ -1242,6 +1243,27 @@ pub fn build(spec: &PumpSpec, name: &str, kernel: &mut Kernel) -> PumpDevice {
                         last = Some(key(&s));
                         n.snapshot_changed();
                     }
+                }
+            })
+            .detach();
+    }
+    // Every priority change as an instant on the timeline (`<pump>.governor`), seen by a free
+    // observer of the pump MCU's governor, as the firmware's own tasks see it.
+    {
+        let f = fw.clone();
+        let (tracer, source) = (kernel.tracer(), format!("{name}.governor"));
+        kernel
+            .spawn(TaskSpec::world(format!("{name}.priority")), async move {
+                let fw = f;
+                let Some(mut rx) = fw.gov.changed() else {
+                    return;
+                };
+                loop {
+                    let t = rx.changed().await;
+                    tracer.record(
+                        &source,
+                        format!("priority {} ({:?})", t.priority.name(), t.reason),
+                    );
                 }
             })
             .detach();

@@ -642,6 +642,11 @@ impl MqttPort for SimMqtt {
             Err(WifiSendError::QueueFull) => return Err(SendError::QueueFull),
             Err(WifiSendError::Disconnected) => return Err(SendError::WifiDown),
         }
+        // The publish leaving the controller, on the timeline beside its delivery (`.mqtt`).
+        net.tracer.record(
+            &net.metric("mqtt.out"),
+            format!("publish {topic} ({size} B, {qos:?})"),
+        );
         if qos == MqttQos::AtLeastOnce {
             // Accepted once the PUBACK is back: the way there and back, bounded by the jitter.
             let c = net.wifi.config();
