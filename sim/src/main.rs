@@ -107,6 +107,10 @@ struct RunArgs {
     /// Pump controller architecture: option1, option2 or option3.
     #[arg(long)]
     arch: Option<String>,
+    /// The embedded MQTT broker requires this user name and password, and the pump twin logs
+    /// in with them (docs/security.md).
+    #[arg(long, value_name = "USER:PASS", value_parser = live::MqttAuth::parse)]
+    mqtt_auth: Option<live::MqttAuth>,
     /// Print core utilisation every virtual second.
     #[arg(long)]
     stats: bool,
@@ -129,6 +133,7 @@ impl Default for RunArgs {
             state_dir: None,
             broker: None,
             arch: None,
+            mqtt_auth: None,
             stats: false,
             trace: None,
         }
@@ -507,6 +512,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         seed: args.seed,
         broker: args.broker,
         arch: args.arch,
+        mqtt_auth: args.mqtt_auth,
     };
     live::run_traced(
         options,

@@ -21,9 +21,6 @@ const PENDING: &[(&str, &str)] = &[
     // (issue 9, PDU half): pending its move into firmware-core.
     ("sim/src/devices/pdu/net.rs", "HTTP/1.1 400"),
     ("sim/src/devices/pdu/net.rs", "HTTP/1.1 500"),
-    // The PDU's live HTTP side answers 503 when NetTask's inbox is full (same issue).
-    ("sim/src/devices/pdu/live.rs", "HTTP/1.1 503"),
-    ("sim/src/devices/pdu/live.rs", "{\\\"error"),
 ];
 
 /// Files under `sim/src/devices` that are not device wiring: the architecture comparison writes

@@ -339,3 +339,118 @@ fn twin_console_pdu_talks_to_the_running_console_on_stdin_and_stdout() {
         .expect("twin runs");
     assert_eq!(refused.status.code(), Some(2));
 }
+
+/// A raw TCP client, for bytes curl cannot send: writes `chunks` (pausing `gap` between them,
+/// ignoring write errors once the server has closed), then reads until the server closes. Panics
+/// if the server keeps the connection open for 20 s.
+fn raw_exchange(addr: &str, chunks: &[&[u8]], gap: Duration) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    for (i, c) in chunks.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(gap);
+        }
+        let _ = s.write_all(c);
+    }
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => {}
+        // A reset after the answer (the server closed with unread bytes) still ends the reply.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!(
+            "the server kept the connection open ({e}); got {:?}",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Twin {
+    /// Read state keys on the running twin through `state` on its stdin; the values are in what
+    /// [`Twin::quit`] returns.
+    fn ask_state(&mut self, keys: &str) {
+        let line = format!("state pdu {keys}\n");
+        let _ = self
+            .child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(line.as_bytes());
+    }
+}
+
+#[test]
+fn http_refuses_bad_bytes_huge_bodies_slow_clients_and_too_many_connections() {
+    let mut twin = Twin::start("harden", &state_dir("pdu-live-harden"));
+    // Every service is on loopback by default.
+    let ready = std::fs::read_to_string(&twin.ready).expect("ready file");
+    let json: serde_json::Value = serde_json::from_str(&ready).expect("json");
+    for (name, addr) in json.as_object().expect("object") {
+        if name != "pdu_console" {
+            assert!(
+                addr.as_str().unwrap_or("").starts_with("127.0.0.1:"),
+                "{name}: {addr}"
+            );
+        }
+    }
+
+    // Bytes that cannot be HTTP (a TLS ClientHello's start): 400 and closed, at once.
+    let tls = raw_exchange(
+        &twin.http,
+        &[&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00]],
+        Duration::ZERO,
+    );
+    assert!(tls.starts_with("HTTP/1.1 400"), "{tls:?}");
+
+    // A body announced at 99999999 bytes: 413 before the body is sent (had the server waited
+    // for it, the idle timeout would answer 408 instead).
+    let url = format!("http://{}/api/control", twin.http);
+    let huge = twin.curl(&[
+        "-u",
+        "admin:energis",
+        "-H",
+        "Content-Length: 99999999",
+        "--data-binary",
+        "channel1=on",
+        &url,
+    ]);
+    assert!(huge.starts_with("HTTP/1.1 413"), "{huge}");
+
+    // A head that stops: 408 after the idle timeout, and closed.
+    let idle = raw_exchange(
+        &twin.http,
+        &[b"GET /api/status HTTP/1.1\r\n"],
+        Duration::ZERO,
+    );
+    assert!(idle.starts_with("HTTP/1.1 408"), "{idle:?}");
+    // A head that trickles in, two bytes every 0.5 s (never idle for 2 s, 7.5 s in all): 408
+    // at the read timeout.
+    let trickle: Vec<&[u8]> = b"GET /api/status HTTP/1.1\r\nX-Slow".chunks(2).collect();
+    let slow = raw_exchange(&twin.http, &trickle, Duration::from_millis(500));
+    assert!(slow.starts_with("HTTP/1.1 408"), "{slow:?}");
+
+    // Eight connections (the W5500's sockets) hold every slot: the ninth gets 503 at once.
+    let held: Vec<_> = (0..8)
+        .map(|_| std::net::TcpStream::connect(&twin.http).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let ninth = raw_exchange(
+        &twin.http,
+        &[b"GET /api/status HTTP/1.1\r\n\r\n"],
+        Duration::ZERO,
+    );
+    assert!(ninth.starts_with("HTTP/1.1 503"), "{ninth:?}");
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    let ok = twin.curl(&[&format!("http://{}/api/status", twin.http)]);
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+
+    twin.ask_state("http.malformed http.too_large http.timed_out http.refused_busy");
+    let out = twin.quit();
+    assert!(out.contains("pdu.http.malformed = 1"), "{out}");
+    assert!(out.contains("pdu.http.too_large = 1"), "{out}");
+    assert!(out.contains("pdu.http.timed_out = 2"), "{out}");
+    assert!(out.contains("pdu.http.refused_busy = 1"), "{out}");
+}

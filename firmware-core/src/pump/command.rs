@@ -21,8 +21,8 @@
 //! | `GET /ws` | open, control needs Basic | [`HttpOutcome::WebSocket`]: the platform upgrades |
 //!
 //! Errors are JSON `{"error":"..."}` with 400 (bad JSON or values), 401 (control without valid
-//! credentials), 404 (unknown path or recipe), 405 (wrong method) and 413 (body above
-//! [`BODY_MAX`]). The seed's `{"pump","flowRate"}` is accepted with `flowRate` as an alias of
+//! credentials), 404 (unknown path or recipe), 405 (wrong method), 413 (body above
+//! [`BODY_MAX`]) and 431 (more than [`HEADERS_MAX`] header lines). The seed's `{"pump","flowRate"}` is accepted with `flowRate` as an alias of
 //! `flow_ml_min`; `volume_ml` is still required, since the controller doses volumes and has no
 //! unbounded "run until stopped" mode.
 //!
@@ -533,6 +533,7 @@ impl HttpReply {
             405 => "Method Not Allowed",
             408 => "Request Timeout",
             413 => "Payload Too Large",
+            431 => "Request Header Fields Too Large",
             503 => "Service Unavailable",
             _ => "Internal Server Error",
         }
@@ -616,6 +617,10 @@ pub fn handle_http(request: &[u8], config: &RestConfig, recipes: &[RecipeInfo<'_
     let head_len = match req.parse(request) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return HttpOutcome::Incomplete,
+        // More than HEADERS_MAX header lines: 431, as the PDU answers.
+        Err(httparse::Error::TooManyHeaders) => {
+            return HttpOutcome::Respond(HttpReply::error(431, "too many headers"));
+        }
         Err(_) => return HttpOutcome::Respond(HttpReply::error(400, "malformed HTTP request")),
     };
     let (Some(method), Some(target)) = (req.method, req.path) else {
@@ -1008,6 +1013,19 @@ mod tests {
         let big = format!("POST /api/pump/start HTTP/1.1\r\n{AUTH}Content-Length: 100000\r\n\r\n");
         assert_eq!(error_code(http(&big)).0, 413);
         assert_eq!(error_code(http("garbage\r\n\r\n")).0, 400);
+        let many: String = (0..HEADERS_MAX + 1)
+            .map(|i| format!("X-{i}: v\r\n"))
+            .collect();
+        let (code, body) = error_code(http(&format!("GET /api/status HTTP/1.1\r\n{many}")));
+        assert_eq!(
+            (code, body.as_str()),
+            (431, r#"{"error":"too many headers"}"#)
+        );
+        let fits: String = (0..HEADERS_MAX).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert_eq!(
+            http(&format!("GET /api/status HTTP/1.1\r\n{fits}\r\n")),
+            HttpOutcome::Status
+        );
     }
 
     #[test]

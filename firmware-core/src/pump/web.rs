@@ -18,7 +18,8 @@
 //!   ([`WsSession::handle_text`]), answered `{"ok":"<cmd>"}` or `{"error":"…"}`.
 //!
 //! # Limits (each counted in [`WebStats`])
-//! * A request (head and body) must fit [`REQUEST_MAX`] (413 otherwise) and arrive within
+//! * A request (head and body) must fit [`REQUEST_MAX`] (431 if the head does not, 413 if the
+//!   body does not; more than `HEADERS_MAX` header lines is 431 at once) and arrive within
 //!   [`REQUEST_TIMEOUT`] of the connection (408 otherwise), so a client that sends nothing
 //!   cannot hold a socket.
 //! * A WebSocket frame from a client carries at most [`WS_PAYLOAD_MAX`] bytes (close 1009).
@@ -287,9 +288,14 @@ impl<'a, M: RawMutex, T: TcpSocket, C: Clock, const S: usize> WebTask<'a, M, T, 
         let outcome = loop {
             if len == self.rx.len() {
                 self.ctx.count(|s| s.refused = s.refused.wrapping_add(1));
-                return self
-                    .reply(&HttpReply::error(413, "request too large"))
-                    .await;
+                // A head that does not fit is 431 (as the PDU answers), a body 413.
+                let head_done = self.rx.windows(4).any(|w| w == b"\r\n\r\n");
+                let reply = if head_done {
+                    HttpReply::error(413, "request too large")
+                } else {
+                    HttpReply::error(431, "request head too large")
+                };
+                return self.reply(&reply).await;
             }
             let read = select(
                 self.socket.read(&mut self.rx[len..]),
@@ -693,7 +699,10 @@ mod tests {
             "a".repeat(REQUEST_MAX)
         );
         let (out, _) = serve(&c, big.as_bytes(), false);
-        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 431"),
+            "a head that does not fit: {out}"
+        );
         let (out, _) = serve(&c, b"GET /api/sta", true);
         assert_eq!(out, "", "a client that hangs up gets nothing");
         assert_eq!(c.stats().refused, 2);

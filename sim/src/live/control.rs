@@ -133,8 +133,17 @@ pub(super) async fn serve(inbox: Arc<Inbox<Request>>, handles: Handles) {
                 let _ = reply.send(outcome);
             }
             Request::State { twin, keys, reply } => {
-                let values =
-                    find(&mut handles, &twin).map(|d| keys.iter().map(|k| d.state(k)).collect());
+                let live: Vec<_> = handles
+                    .iter()
+                    .find(|(n, _)| *n == twin)
+                    .map(|(_, h)| keys.iter().map(|k| h.live_state(k)).collect())
+                    .unwrap_or_default();
+                let values = find(&mut handles, &twin).map(|d| {
+                    keys.iter()
+                        .enumerate()
+                        .map(|(i, k)| live.get(i).cloned().flatten().or_else(|| d.state(k)))
+                        .collect()
+                });
                 let _ = reply.send(values);
             }
         }

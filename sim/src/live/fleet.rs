@@ -59,6 +59,7 @@ use crate::devices::pump::live::{
 };
 use crate::devices::pump::{PumpSpec, build};
 use crate::kernel::{History, Kernel, RunEnd, TaskSpec};
+use crate::live::guard::ServiceStats;
 
 /// Messages of one device waiting for its MQTT client.
 pub const OUTBOX_CAPACITY: usize = 64;
@@ -415,7 +416,7 @@ impl LiveTwin for FleetTwin {
             Some(url) => crate::devices::pump::live::parse_broker(url)?,
             None => {
                 let want = std::net::SocketAddr::new(self.args.bind, 0);
-                let a = start_embedded_broker_for(want, self.members.len() + 64)?;
+                let a = start_embedded_broker_for(want, None, self.members.len() + 64)?;
                 (a.ip().to_string(), a.port())
             }
         };
@@ -462,7 +463,11 @@ impl LiveTwin for FleetTwin {
                     services.push((format!("{name}_http"), http.local_addr()?.to_string()));
                     ctx.io
                         .spawn(serve_snmp(Arc::new(snmp), sh.net_inbox.clone()));
-                    ctx.io.spawn(serve_http(http, sh.net_inbox.clone()));
+                    ctx.io.spawn(serve_http(
+                        http,
+                        sh.net_inbox.clone(),
+                        Arc::new(ServiceStats::default()),
+                    ));
                     let (tx, counters) =
                         spawn_client(&ctx.io, &name, &host, port, None, Box::new(|_| {}));
                     spawn_exporter(
@@ -522,7 +527,11 @@ impl LiveTwin for FleetTwin {
                         .block_on(tokio::net::TcpListener::bind(addr(0)?))
                         .with_context(|| format!("{name}: binding HTTP"))?;
                     services.push((format!("{name}_http"), listener.local_addr()?.to_string()));
-                    ctx.io.spawn(accept_loop(listener, to_kernel));
+                    ctx.io.spawn(accept_loop(
+                        listener,
+                        to_kernel,
+                        Arc::new(ServiceStats::default()),
+                    ));
                     spawn_kernel_side(kernel, &dev, from_io);
                     // The command drops are the client's to report.
                     let c = counters.clone();

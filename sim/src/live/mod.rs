@@ -21,6 +21,7 @@ use crate::kernel::{Kernel, LiveControl, RunEnd, TaskSpec};
 
 pub mod control;
 pub mod fleet;
+pub mod guard;
 pub mod pty;
 
 pub use control::Controller;
@@ -46,6 +47,41 @@ pub struct LiveOptions {
     pub broker: Option<String>,
     /// The pump controller's architecture option.
     pub arch: Option<String>,
+    /// `--mqtt-auth USER:PASS`: the embedded broker requires these, and the pump twin logs in
+    /// with them (on an external broker too).
+    pub mqtt_auth: Option<MqttAuth>,
+}
+
+/// MQTT credentials (`--mqtt-auth USER:PASS`). `Debug` never shows the password, so options
+/// printed in logs or errors do not leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MqttAuth {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl MqttAuth {
+    /// Parse `USER:PASS` (the password may contain `:`; neither may be empty).
+    pub fn parse(text: &str) -> Result<MqttAuth, String> {
+        match text.split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(MqttAuth {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            }),
+            _ => Err("expected USER:PASS, neither empty".to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Debug for MqttAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Default for LiveOptions {
@@ -60,6 +96,7 @@ impl Default for LiveOptions {
             seed: 0,
             broker: None,
             arch: None,
+            mqtt_auth: None,
         }
     }
 }
@@ -126,6 +163,11 @@ pub trait LiveHandle {
     }
     /// The running device, for actions and state reads from other threads ([`Controller`]).
     fn device(&mut self) -> Option<&mut dyn Device> {
+        None
+    }
+    /// State keys of the twin's live services (their counters, e.g. `http.refused_busy`), read
+    /// before the device's own keys.
+    fn live_state(&self, _key: &str) -> Option<crate::devices::StateValue> {
         None
     }
 }

@@ -6,6 +6,14 @@
 //! thread-safe [`Inbox`](crate::kernel::inbox::Inbox)es, whose wakes reach the kernel's thread. NetTask's
 //! inbox is bounded (full policy: refuse the newest, counted in `net.dropped`): a refused SNMP
 //! datagram gets no answer (as a full W5500 socket buffer), a refused HTTP connection gets 503.
+//!
+//! HTTP limits (counters under `state pdu http.*`, [`ServiceStats`]): at most
+//! [`HTTP_CONNECTIONS`] connections are served at once (more get 503 at once), a failing
+//! `accept()` backs off ([`crate::live::guard`]); a request is handed to NetTask as soon as the
+//! firmware's own head parser says it can be answered, so bytes that cannot be HTTP get the
+//! firmware's 400, a `Content-Length` above its limit 413 and too many headers 431 without
+//! waiting for more; a request incomplete after [`READ_TIMEOUT`], or silent for
+//! [`IDLE_TIMEOUT`], gets 408. Every answer closes the connection.
 //! The console has its own inbox and a higher task priority, so a UDP flood cannot stall it.
 //!
 //! The EEPROM image lives in `<state-dir>/pdu-eeprom.bin`: read at start (a missing file means a
@@ -19,15 +27,19 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::net::{Inbox, NetInput, ReplyTo};
 use super::{Pdu, PduSpec};
+use crate::devices::StateValue;
 use crate::kernel::{Kernel, TaskSpec};
+use crate::live::guard::{Refuse503, ServiceStats, Slot, accept_loop, busy_reply, timeout_reply};
 use crate::live::pty::Pty;
 use crate::live::{LiveContext, LiveHandle, LiveTwin};
 use crate::periph::eeprom::Cat24c256;
+use firmware_core::pdu::http::Limits;
+use firmware_core::pdu::http::request::{RequestError, parse_head};
 use firmware_core::time::Duration;
 
 /// Default SNMP port (161 needs root).
@@ -36,10 +48,17 @@ pub const SNMP_PORT: u16 = 1161;
 pub const HTTP_PORT: u16 = 8080;
 /// Name of the EEPROM image under `--state-dir`.
 pub const EEPROM_FILE: &str = "pdu-eeprom.bin";
-/// Largest HTTP request the live server reads (head and body).
-const MAX_HTTP: usize = 8 * 1024;
-/// How long a client waits for the device before giving up.
+/// How long a client waits for the device before giving up (503).
 const REPLY_TIMEOUT: StdDuration = StdDuration::from_secs(10);
+/// HTTP connections served at once: the W5500 has 8 hardware sockets. Above it: 503 at once
+/// (see [`crate::live::guard`]), counted in `http.refused_busy`.
+pub const HTTP_CONNECTIONS: usize = 8;
+/// Time from the connection to a request the firmware can answer; then 408 (`http.timed_out`).
+pub const READ_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+/// Longest silence while a request is incomplete; then 408 (`http.timed_out`).
+pub const IDLE_TIMEOUT: StdDuration = StdDuration::from_secs(2);
+/// How long writing an answer may take (a client that does not read loses it).
+const WRITE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 
 /// `twin run --twin pdu`.
 pub struct PduTwin;
@@ -50,11 +69,15 @@ struct PduHandle {
     state_file: Option<PathBuf>,
     pty: Option<Pty>,
     device: Pdu,
+    http: Arc<ServiceStats>,
 }
 
 impl LiveHandle for PduHandle {
     fn device(&mut self) -> Option<&mut dyn crate::devices::Device> {
         Some(&mut self.device)
+    }
+    fn live_state(&self, key: &str) -> Option<StateValue> {
+        self.http.state("http", key)
     }
     fn shutdown(&mut self) -> anyhow::Result<()> {
         let sh = self.device.shared();
@@ -69,6 +92,7 @@ impl LiveHandle for PduHandle {
             console.dropped,
             self.pty.as_ref().map_or(0, |p| p.output().dropped()),
         );
+        println!("pdu: http {}", self.http.summary());
         if let Some(path) = &self.state_file {
             self.eeprom.borrow_mut().save()?;
             println!("pdu: EEPROM saved to {}", path.display());
@@ -127,7 +151,9 @@ impl LiveTwin for PduTwin {
             .announce("pdu_http", http.local_addr()?.to_string());
         ctx.io
             .spawn(serve_snmp(Arc::new(snmp), sh.net_inbox.clone()));
-        ctx.io.spawn(serve_http(http, sh.net_inbox.clone()));
+        let http_stats = Arc::new(ServiceStats::default());
+        ctx.io
+            .spawn(serve_http(http, sh.net_inbox.clone(), http_stats.clone()));
 
         let inbox = sh.console_inbox.clone();
         // A full console inbox refuses the chunk (counted by the inbox).
@@ -153,6 +179,7 @@ impl LiveTwin for PduTwin {
             state_file,
             pty,
             device,
+            http: http_stats,
         }))
     }
 }
@@ -180,47 +207,104 @@ pub(crate) async fn serve_snmp(sock: Arc<UdpSocket>, inbox: Arc<Inbox<NetInput>>
     }
 }
 
-pub(crate) async fn serve_http(listener: TcpListener, inbox: Arc<Inbox<NetInput>>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(serve_connection(stream, inbox.clone()));
+pub(crate) async fn serve_http(
+    listener: TcpListener,
+    inbox: Arc<Inbox<NetInput>>,
+    stats: Arc<ServiceStats>,
+) {
+    let st = stats.clone();
+    accept_loop(
+        listener,
+        HTTP_CONNECTIONS,
+        stats,
+        Refuse503,
+        move |stream, slot| serve_connection(stream, inbox.clone(), st.clone(), slot),
+    )
+    .await;
+}
+
+/// How reading a request ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// Bytes the firmware can answer: a complete request, or one it refuses (400, 413, 431)
+    /// without reading the rest.
+    Request(Vec<u8>),
+    /// No complete request in time: answer 408.
+    TimedOut,
+    /// The client closed before sending anything.
+    Closed,
+}
+
+/// Whether the firmware's server can answer `buf` as it is (see [`Received::Request`]): framed with
+/// the firmware's own head parser and the limits NetTask's server uses, so the glue never waits
+/// for bytes the firmware would not read.
+fn answerable(buf: &[u8]) -> bool {
+    let limits = Limits::default();
+    match parse_head(buf, limits.max_head) {
+        Ok(None) => false,
+        Err(_) => true,
+        Ok(Some(head)) => {
+            let len = head.content_length.unwrap_or(0);
+            head.transfer_encoding
+                || len > limits.max_body
+                || buf.len() >= head.body_offset.saturating_add(len)
+        }
     }
 }
 
-/// Read one request: the head, then `Content-Length` bytes of body.
-async fn read_request(stream: &mut TcpStream) -> Option<Vec<u8>> {
+/// Read one request: until [`answerable`], within [`READ_TIMEOUT`] overall and [`IDLE_TIMEOUT`]
+/// between bytes.
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Received {
+    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return (!buf.is_empty()).then_some(buf);
-        }
-        buf.extend_from_slice(chunk.get(..n)?);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(buf.get(..end)?).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len || buf.len() > MAX_HTTP {
-                return Some(buf);
-            }
-        }
-        if buf.len() > MAX_HTTP {
-            return Some(buf);
+        let idle = tokio::time::Instant::now() + IDLE_TIMEOUT;
+        let n = match tokio::time::timeout_at(idle.min(deadline), stream.read(&mut chunk)).await {
+            Err(_) => return Received::TimedOut,
+            Ok(Err(_)) | Ok(Ok(0)) if buf.is_empty() => return Received::Closed,
+            // A half-closed request: let the firmware answer what there is (400 if partial).
+            Ok(Err(_)) | Ok(Ok(0)) => return Received::Request(buf),
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+        // The firmware's request buffer; `answerable` is true before it fills in practice.
+        if answerable(&buf) || buf.len() >= Limits::default().request_buffer_len() {
+            return Received::Request(buf);
         }
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, inbox: Arc<Inbox<NetInput>>) {
-    let Ok(Some(request)) = tokio::time::timeout(REPLY_TIMEOUT, read_request(&mut stream)).await
-    else {
-        return;
+/// What the answer to `request` will be refused for, before the device sees it (counted).
+fn classify(request: &[u8], stats: &ServiceStats) {
+    let limits = Limits::default();
+    match parse_head(request, limits.max_head) {
+        Err(RequestError::HeadTooLarge) => ServiceStats::bump(&stats.too_large),
+        Err(_) => ServiceStats::bump(&stats.malformed),
+        Ok(Some(h)) if h.content_length.unwrap_or(0) > limits.max_body => {
+            ServiceStats::bump(&stats.too_large)
+        }
+        _ => {}
+    }
+}
+
+async fn serve_connection(
+    mut stream: TcpStream,
+    inbox: Arc<Inbox<NetInput>>,
+    stats: Arc<ServiceStats>,
+    _slot: Slot,
+) {
+    let request = match read_request(&mut stream).await {
+        Received::Request(r) => r,
+        Received::Closed => return,
+        Received::TimedOut => {
+            ServiceStats::bump(&stats.timed_out);
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&timeout_reply())).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
     };
+    classify(&request, &stats);
     let (tx, rx) = tokio::sync::oneshot::channel();
     let reply = if inbox
         .offer(NetInput::Http(request, ReplyTo::Live(tx)))
@@ -228,22 +312,14 @@ async fn serve_connection(mut stream: TcpStream, inbox: Arc<Inbox<NetInput>>) {
     {
         match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
             Ok(Ok(bytes)) => bytes,
-            _ => busy("device did not answer"),
+            _ => busy_reply("device did not answer"),
         }
     } else {
-        busy("net task busy")
+        busy_reply("net task busy")
     };
-    let _ = stream.write_all(&reply).await;
+    // A client that does not read its answer loses it after WRITE_TIMEOUT.
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&reply)).await;
     let _ = stream.shutdown().await;
-}
-
-fn busy(why: &str) -> Vec<u8> {
-    let body = format!("{{\"error\":\"{why}\"}}");
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// The console path a running twin announced in its ready file (`pdu_console`).

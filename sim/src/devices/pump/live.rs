@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use super::net::{ConnId, Msg, Net, Segment};
 use super::{Arch, PumpDevice, PumpSpec, build};
 use crate::kernel::{Kernel, TaskSpec};
+use crate::live::guard::{self, Refuse503, ServiceStats};
 use crate::live::pty::Pty;
 use crate::live::{LiveContext, LiveHandle, LiveTwin};
 
@@ -77,13 +78,18 @@ struct Handle {
     _pty: Option<Pty>,
     broker_dropped: Arc<AtomicU64>,
     device: PumpDevice,
+    http: Arc<ServiceStats>,
 }
 
 impl LiveHandle for Handle {
     fn device(&mut self) -> Option<&mut dyn crate::devices::Device> {
         Some(&mut self.device)
     }
+    fn live_state(&self, key: &str) -> Option<crate::devices::StateValue> {
+        self.http.state("http", key)
+    }
     fn shutdown(&mut self) -> anyhow::Result<()> {
+        println!("pump: http relay {}", self.http.summary());
         let c = &self.device.net.counters;
         println!(
             "pump: messages the broker relay dropped (queue full): {}; web connections reset: \
@@ -122,14 +128,40 @@ fn free_port(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     l.local_addr().context("free port")
 }
 
-fn start_embedded_broker(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    start_embedded_broker_for(addr, 1000)
+/// Largest MQTT packet the embedded broker and the twin's client accept, bytes: the firmware's
+/// largest publish (`outbox::PAYLOAD_MAX` payload, `outbox::TOPIC_MAX` topic, and the fixed
+/// header, topic length and packet id) with room to spare; command payloads
+/// (`command::PAYLOAD_MAX`) fit too. rumqttd closes a connection that sends a larger packet.
+pub const MQTT_PACKET_MAX: usize = 1024;
+const _: () = assert!(
+    firmware_core::pump::outbox::PAYLOAD_MAX + firmware_core::pump::outbox::TOPIC_MAX + 9
+        <= MQTT_PACKET_MAX
+        && firmware_core::pump::command::PAYLOAD_MAX <= MQTT_PACKET_MAX
+);
+/// Clients the embedded broker takes at once (the twin's relay and a few observers); rumqttd
+/// refuses the connection above it.
+pub const MQTT_CONNECTIONS: usize = 32;
+/// Unacknowledged QoS 1 publishes per connection: the outbox's lane capacity
+/// (`outbox::DEFAULT_CAPACITY`).
+pub const MQTT_INFLIGHT: usize = firmware_core::pump::outbox::DEFAULT_CAPACITY;
+/// The router's log per subscription filter: `MQTT_SEGMENTS` segments of `MQTT_SEGMENT` bytes
+/// (256 KiB), the oldest dropped when full; a slow subscriber skips what fell off.
+pub const MQTT_SEGMENT: usize = 64 * 1024;
+/// See [`MQTT_SEGMENT`].
+pub const MQTT_SEGMENTS: usize = 4;
+
+fn start_embedded_broker(
+    addr: SocketAddr,
+    auth: Option<&crate::live::MqttAuth>,
+) -> anyhow::Result<SocketAddr> {
+    start_embedded_broker_for(addr, auth, MQTT_CONNECTIONS)
 }
 
 /// The embedded broker, accepting up to `max_connections` clients (`twin fleet` needs one per
-/// device).
+/// device; a twin, [`MQTT_CONNECTIONS`]).
 pub(crate) fn start_embedded_broker_for(
     addr: SocketAddr,
+    auth: Option<&crate::live::MqttAuth>,
     max_connections: usize,
 ) -> anyhow::Result<SocketAddr> {
     use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
@@ -137,9 +169,10 @@ pub(crate) fn start_embedded_broker_for(
     let addr = free_port(addr)?;
     let conn = ConnectionSettings {
         connection_timeout_ms: 5000,
-        max_payload_size: 20480,
-        max_inflight_count: 100,
-        auth: None,
+        max_payload_size: MQTT_PACKET_MAX,
+        max_inflight_count: MQTT_INFLIGHT,
+        // With credentials, rumqttd closes a connection whose CONNECT does not carry them.
+        auth: auth.map(|a| HashMap::from([(a.user.clone(), a.password.clone())])),
         external_auth: None,
         dynamic_filters: true,
     };
@@ -158,8 +191,8 @@ pub(crate) fn start_embedded_broker_for(
         router: RouterConfig {
             max_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: 100 << 20,
-            max_segment_count: 10,
+            max_segment_size: MQTT_SEGMENT,
+            max_segment_count: MQTT_SEGMENTS,
             ..Default::default()
         },
         v4: Some(v4),
@@ -204,11 +237,13 @@ impl LiveTwin for PumpTwin {
         let (host, port) = match &ctx.options.broker {
             Some(url) => parse_broker(url)?,
             None => {
-                let a = start_embedded_broker(ctx.options.addr(1883))?;
+                let a =
+                    start_embedded_broker(ctx.options.addr(1883), ctx.options.mqtt_auth.as_ref())?;
                 (a.ip().to_string(), a.port())
             }
         };
         ctx.services.announce("pump_mqtt", format!("{host}:{port}"));
+        let auth = ctx.options.mqtt_auth.clone();
         // Sockets to kernel: bounded, and senders wait for room (back-pressure, nothing lost).
         let (to_kernel, from_io) = mpsc::channel::<ToKernel>(TO_KERNEL_CAPACITY);
         // Kernel to the real broker: bounded; when full the message is dropped and counted
@@ -232,7 +267,10 @@ impl LiveTwin for PumpTwin {
                 // The relay stands for the controller's own MQTT session: its client id.
                 let mut opts = MqttOptions::new(client_id, host, port);
                 opts.set_keep_alive(std::time::Duration::from_secs(30));
-                opts.set_max_packet_size(64 * 1024, 64 * 1024);
+                opts.set_max_packet_size(MQTT_PACKET_MAX, MQTT_PACKET_MAX);
+                if let Some(a) = auth {
+                    opts.set_credentials(a.user, a.password);
+                }
                 let (client, mut events) = AsyncClient::new(opts, 256);
                 let publisher = client.clone();
                 tokio::spawn(async move {
@@ -267,7 +305,9 @@ impl LiveTwin for PumpTwin {
             .with_context(|| format!("binding the pump HTTP server on {http_addr}"))?;
         let bound = listener.local_addr().context("HTTP address")?;
         ctx.services.announce("pump_http", bound.to_string());
-        ctx.io.spawn(accept_loop(listener, to_kernel));
+        let http_stats = Arc::new(ServiceStats::default());
+        ctx.io
+            .spawn(accept_loop(listener, to_kernel, http_stats.clone()));
 
         let pty = match start_fluidnc_pty(kernel) {
             Ok((path, pty)) => {
@@ -285,6 +325,7 @@ impl LiveTwin for PumpTwin {
             _pty: pty,
             broker_dropped,
             device: dev,
+            http: http_stats,
         }))
     }
 }
@@ -395,26 +436,41 @@ fn open(net: &Rc<Net>, to_client: mpsc::Sender<Option<Vec<u8>>>) -> ConnId {
     }))
 }
 
-/// Accept browsers and relay each one's bytes (a failing `accept` backs off instead of spinning).
-pub(crate) async fn accept_loop(listener: TcpListener, to_kernel: mpsc::Sender<ToKernel>) {
+/// Connections relayed at once: the controller's web sockets plus its accept backlog, all it can
+/// hold. More get 503 from the relay at once (`state pump http.refused_busy`; see
+/// [`crate::live::guard`]), so a flood of connections costs neither file descriptors nor tasks
+/// without bound. A failing `accept` backs off instead of spinning.
+pub const RELAY_CONNECTIONS: usize = super::WEB_SOCKETS + super::net::BACKLOG;
+
+/// Accept browsers and relay each one's bytes.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    to_kernel: mpsc::Sender<ToKernel>,
+    stats: Arc<ServiceStats>,
+) {
     let mut next = 0u64;
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(_) => {
-                tokio::time::sleep(StdDuration::from_millis(100)).await;
-                continue;
-            }
-        };
-        next += 1;
-        // The relay must not add the host's delays to what the link model takes: small WebSocket
-        // frames go out at once.
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(relay(stream, next, to_kernel.clone()));
-    }
+    guard::accept_loop(
+        listener,
+        RELAY_CONNECTIONS,
+        stats,
+        Refuse503,
+        move |stream: TcpStream, slot| {
+            next += 1;
+            // The relay must not add the host's delays to what the link model takes: small
+            // WebSocket frames go out at once.
+            let _ = stream.set_nodelay(true);
+            relay(stream, next, to_kernel.clone(), slot)
+        },
+    )
+    .await;
 }
 
-async fn relay(mut stream: TcpStream, id: u64, to_kernel: mpsc::Sender<ToKernel>) {
+async fn relay(
+    mut stream: TcpStream,
+    id: u64,
+    to_kernel: mpsc::Sender<ToKernel>,
+    _slot: guard::Slot,
+) {
     let (to_client, mut from_kernel) = mpsc::channel(TO_CLIENT_CAPACITY);
     if to_kernel
         .send(ToKernel::Open { id, to_client })
