@@ -136,8 +136,10 @@ pub const OCP_RETRIP: Duration = Duration::from_millis(1_000);
 pub const IO_RETRY: Duration = Duration::from_millis(10);
 /// Delay between retries while in `FAULT_SAFE`.
 pub const IO_RETRY_FAULT: Duration = Duration::from_millis(1_000);
-/// Deferred requests held at once; one more is answered `Busy` ([`reason::DEFER_FULL`]).
-pub const DEFERRED_CAPACITY: usize = 8;
+/// Deferred requests held at once; one more is answered `Busy` ([`reason::DEFER_FULL`]). A boot
+/// restore may defer one request per outlet plus its switch-off ([`SwitchCore::restore`]), and
+/// four more stay free for the console, the network and the buttons meanwhile.
+pub const DEFERRED_CAPACITY: usize = CHANNELS + 5;
 /// Replies waiting for [`SwitchCore::poll_reply`]; when full the oldest is dropped and counted.
 pub const REPLY_CAPACITY: usize = 16;
 /// Events waiting for [`SwitchCore::poll_event`]; when full the oldest is dropped and counted.
@@ -452,32 +454,25 @@ impl SwitchCore {
         (core, restored)
     }
 
-    /// Bring back `mask` after boot (`restore_on_boot`): outlets not in it go off, outlets in it
-    /// come on in steps of `max_simultaneous`, spaced by the interlock timing. Generated as
-    /// `Schedule` requests with token [`RESTORE_TOKEN`], so every interlock applies and their replies
-    /// appear at `poll_reply`. Returns how many requests were queued (the rest, if the deferred
-    /// list is full, are answered `Busy`).
+    /// Bring back `mask` after boot (`restore_on_boot`): outlets not in it go off, then each outlet
+    /// in it comes on by a request of its own, so the inrush limit (`max_simultaneous` within
+    /// `min_toggle_ms`) spaces them and a higher-priority source that takes one outlet over
+    /// meanwhile (a console `SET_CH`) preempts the restore of that outlet only, never of the others
+    /// (found by a seeded fault sweep). Generated as `Schedule` requests with token
+    /// [`RESTORE_TOKEN`], so every interlock applies and their replies appear at `poll_reply`.
+    /// Returns how many requests were queued (the rest, if the deferred list is full, are answered
+    /// `Busy`).
     pub fn restore(&mut self, mask: OutletMask, now: Instant) -> usize {
-        let mut queued = 0;
         let mut off = SwitchRequest::new(Source::Schedule, SwitchOp::SetMask);
         off.mask = OutletMask(!mask.0);
         off.token = RESTORE_TOKEN;
         off.timeout_ms = self.restore_timeout_ms(mask);
-        queued += usize::from(self.admit(off, now));
-        let step = match self.policy.max_simultaneous {
-            0 => CHANNELS,
-            n => usize::from(n),
-        };
-        let mut chunk = OutletMask::NONE;
-        for (i, o) in mask.iter().enumerate() {
-            chunk = chunk.with(o, true);
-            if (i + 1) % step == 0 || i + 1 == mask.count() as usize {
-                let mut on = off;
-                on.mask = chunk;
-                on.value = true;
-                queued += usize::from(self.admit(on, now));
-                chunk = OutletMask::NONE;
-            }
+        let mut queued = usize::from(self.admit(off, now));
+        for o in mask.iter() {
+            let mut on = off;
+            on.mask = OutletMask::NONE.with(o, true);
+            on.value = true;
+            queued += usize::from(self.admit(on, now));
         }
         queued
     }
