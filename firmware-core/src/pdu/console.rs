@@ -1,4 +1,4 @@
-//! ConsoleTask's core, sans-IO: the ENERGIS command-line interface (docs/protocols.md §5.4) plus
+//! ConsoleTask's core, sans-IO: the ENERGIS command-line interface (docs/interfaces.md §5.4) plus
 //! our configuration, logging and health commands.
 //!
 //! Three layers, each usable on its own:

@@ -3,7 +3,7 @@
 //!
 //! This module owns the array, the address pointer, the page buffer and the write cycle.
 //!
-//! # Protocol (docs/protocols.md §4)
+//! # Protocol (docs/interfaces.md §4)
 //! * A write transaction carries two address bytes (high first; bit 15 is "don't care" on a
 //!   32 KiB part) and then data. Data bytes go into the page buffer: only the low 6 address
 //!   bits advance, so a write past the end of a 64-byte page wraps to its start.

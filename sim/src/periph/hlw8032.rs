@@ -4,7 +4,7 @@
 //! watts and a power factor per outlet that draws current only while the outlet is powered),
 //! their registers and frames, the PF energy pulse counters, the mux, and the fault knobs.
 //!
-//! # The chip (docs/protocols.md §3)
+//! # The chip (docs/interfaces.md §3)
 //! A chip transmits a 24-byte frame continuously at 4800 baud 8E1: 24 × 11 bits = 55 ms per
 //! frame, back to back. Multi-byte fields are big-endian:
 //!

@@ -12,7 +12,7 @@
 //! pull-up and low without (a floating CMOS input has no defined level; low keeps tests
 //! repeatable). Pin `n` is bit `n` of a `u16`: bits 0-7 are GPA0-7, bits 8-15 GPB0-7.
 //!
-//! Who drives what on ENERGIS (docs/protocols.md §5.1): 0x20 port A = relays 1-8, port B bits 0-3 =
+//! Who drives what on ENERGIS (docs/interfaces.md §5.1): 0x20 port A = relays 1-8, port B bits 0-3 =
 //! HLW8032 mux A/B/C/EN; 0x21 port A = channel LEDs, port B = FAULT/ETH/PWR LEDs; 0x23 port A =
 //! selection LEDs. Relays, LEDs and the meter mux watch the levels through a [`PinLevels`]
 //! handle (a shared snapshot, readable while the part is on the bus) or a change observer

@@ -2,7 +2,7 @@
 //! relays with a settle time, and LEDs.
 //!
 //! This module owns what the firmware's outputs become in the world and what the world's
-//! hands feed back (docs/protocols.md §5.1):
+//! hands feed back (docs/interfaces.md §5.1):
 //! * [`Relays`]: eight contacts behind the ULN2803 on the relay expander's port A (0x20). A
 //!   coil change at instant `t` moves the contact at `t + settle` (10 ms by default,
 //!   [`RELAY_SETTLE`]); a coil that reverts before the contact has moved cancels the move (the

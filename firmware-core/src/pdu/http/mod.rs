@@ -1,5 +1,5 @@
 //! The PDU's HTTP/1.1 server core, sans-IO: request bytes in, response bytes and
-//! [`Intent`]s out. Interface-compatible with the real ENERGIS web API (docs/protocols.md §5.3).
+//! [`Intent`]s out. Interface-compatible with the real ENERGIS web API (docs/interfaces.md §5.3).
 //!
 //! # What it serves
 //!

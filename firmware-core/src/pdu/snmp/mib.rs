@@ -1,6 +1,6 @@
 //! The agent's objects: the MIB-II system group and the ENERGIS enterprise tree
 //! (1.3.6.1.4.1.19865), with the OIDs and value formats of the real PDU so scripts written for
-//! it work unchanged (see docs/protocols.md §5.2).
+//! it work unchanged (see docs/interfaces.md §5.2).
 //!
 //! Every object is a scalar (`.0` instance). [`Object::iter`] yields them in strictly increasing
 //! OID order, which is what GetNext walks (the real ENERGIS walks its table order instead, so a

@@ -1,4 +1,4 @@
-//! The PDU's simulated parts, wired as on the ENERGIS board (docs/protocols.md §5.1), from
+//! The PDU's simulated parts, wired as on the ENERGIS board (docs/interfaces.md §5.1), from
 //! `sim::periph`: the three MCP23017 expanders, the relays behind the relay expander's port A
 //! (10 ms settle), the panel LEDs, the bouncing buttons, the CAT24C256 EEPROM and the bank of
 //! eight HLW8032 behind the 74HC4051 mux (mains reaches a meter only through its relay contact).

@@ -98,7 +98,7 @@ fn read_number(s: &[u8]) -> Option<(f64, usize)> {
     v.is_finite().then_some((v, i))
 }
 
-/// Error codes, Grbl 1.1 numbering (docs/protocols.md §1.2).
+/// Error codes, Grbl 1.1 numbering (docs/interfaces.md §1.2).
 pub mod code {
     /// Expected a command letter.
     pub const EXPECTED_LETTER: u8 = 1;

@@ -4,7 +4,7 @@
 //! This module owns the board's behaviour on the wire and its physics:
 //!
 //! * [`FluidncSim`] is the sans-IO core: `handle_bytes(bytes, now)`, `handle_deadline(now)`,
-//!   `poll_output()`, `poll_deadline()`, `poll_trace()`. It follows docs/protocols.md §1:
+//!   `poll_output()`, `poll_deadline()`, `poll_trace()`. It follows docs/interfaces.md §1:
 //!   one `ok`/`error:N` per line (CR and LF each end a line, so CRLF gives two `ok`s), output
 //!   lines end in `\n`, realtime bytes `?` `!` `~` 0x18 act at once and never enter the line
 //!   buffer, a 128-byte receive buffer (bytes beyond it are lost and counted as overrun: the host
