@@ -209,7 +209,8 @@ pub struct ChildReport {
     pub cpu_s: f64,
 }
 
-fn proc_status_kb(key: &str) -> u64 {
+/// A `/proc/self/status` figure in KiB (`VmRSS:`, `VmHWM:`), 0 where there is none.
+pub(crate) fn proc_status_kb(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -51,6 +51,7 @@ use firmware_core::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::{LiveContext, LiveHandle, LiveOptions, LiveTwin, Session};
+use crate::bench::proc_status_kb;
 use crate::devices::Device;
 use crate::devices::pdu::live::{serve_http, serve_snmp};
 use crate::devices::pdu::{Pdu, PduSpec};
@@ -605,18 +606,6 @@ fn spawn_exporter(
             }
         })
         .detach();
-}
-
-fn proc_status_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// CPU seconds (user + system) per thread name of this process, from `/proc/self/task`.
